@@ -1,0 +1,1 @@
+"""forecache.core: the shared reuse and forecast runtime."""

@@ -1,0 +1,151 @@
+"""How forecache sees a model: its ordered blocks, how each is called, and where its timestep is."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BlockIO:
+    """The call convention of one block.
+
+    ``state`` names the inputs that flow from block to block (``hidden_states``, and
+    ``encoder_hidden_states`` for dual-stream blocks). ``returns`` gives the order in which the block
+    returns them; ``None`` means the block returns a bare tensor, the new value of ``state[0]``.
+    ``unbatched`` names tensor arguments without a batch dimension (rotary tables), which are never
+    sliced when only some rows of a batch compute.
+    """
+
+    state: tuple[str, ...] = ("hidden_states",)
+    returns: tuple[str, ...] | None = None
+    unbatched: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.state:
+            raise ValueError("BlockIO.state is empty: name at least the hidden-states argument")
+        if self.returns is not None and set(self.returns) != set(self.state):
+            raise ValueError(
+                f"BlockIO.returns {self.returns} must name the same arguments as state {self.state}"
+            )
+
+    def bind(self, forward, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+        bound = _signature(forward).bind(*args, **kwargs)
+        missing = [n for n in self.state if n not in bound.arguments]
+        if missing:
+            raise TypeError(f"block call has no argument {missing}; BlockIO.state is {self.state}")
+        return bound
+
+    def state_in(self, bound: inspect.BoundArguments) -> tuple[torch.Tensor, ...]:
+        return tuple(bound.arguments[n] for n in self.state)
+
+    def state_out(self, output: Any) -> tuple[torch.Tensor, ...]:
+        if self.returns is None:
+            return (output if torch.is_tensor(output) else output[0],)
+        by_name = dict(zip(self.returns, output))
+        return tuple(by_name[n] for n in self.state)
+
+    def make_output(self, state: tuple[torch.Tensor, ...]) -> Any:
+        if self.returns is None:
+            return state[0]
+        by_name = dict(zip(self.state, state))
+        return tuple(by_name[n] for n in self.returns)
+
+
+@dataclass
+class Block:
+    """One entry of an adapter's block sequence."""
+
+    name: str
+    module: nn.Module
+    io: BlockIO = field(default_factory=BlockIO)
+
+
+_SIGNATURES: dict[Any, inspect.Signature] = {}
+
+
+def _signature(fn) -> inspect.Signature:
+    key = getattr(fn, "__func__", fn)
+    if key not in _SIGNATURES:
+        _SIGNATURES[key] = inspect.signature(fn)
+    return _SIGNATURES[key]
+
+
+class Adapter:
+    """Maps one model to what the runtime needs. Subclass and override what differs.
+
+    The defaults fit a model whose ``forward`` takes ``timestep`` (or ``t``) and whose blocks live
+    in the attributes named by ``block_attrs``.
+    """
+
+    #: attributes holding the block lists, in execution order
+    block_attrs: tuple[str, ...] = ("blocks",)
+    #: the call convention of every block (override :meth:`block_io` when blocks differ)
+    io: BlockIO = BlockIO()
+    #: names the model's forward may receive its timestep under, tried in order
+    timestep_args: tuple[str, ...] = ("timestep", "t")
+    #: the model's main input, whose first dimension is the batch
+    hidden_arg: str = "hidden_states"
+    #: TeaCache polynomial coefficients published for this model class (highest power first), if any
+    teacache_coefficients: tuple[float, ...] | None = None
+
+    def blocks(self, model: nn.Module) -> list[Block]:
+        out: list[Block] = []
+        for attr in self.block_attrs:
+            seq = getattr(model, attr, None)
+            if seq is None:
+                continue
+            for i, m in enumerate(seq):
+                out.append(Block(f"{attr}.{i}", m, self.block_io(attr, m)))
+        if not out:
+            raise ValueError(
+                f"{type(self).__name__} found no blocks on {type(model).__name__} "
+                f"(looked for attributes {self.block_attrs}); pass an adapter that names them"
+            )
+        return out
+
+    def block_io(self, attr: str, block: nn.Module) -> BlockIO:
+        return self.io
+
+    def timestep(self, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | float | None:
+        bound = _signature(model.forward).bind_partial(*args, **kwargs).arguments
+        for name in self.timestep_args:
+            if bound.get(name) is not None:
+                return bound[name]
+        return None
+
+    def batch_size(self, model: nn.Module, args: tuple, kwargs: dict) -> int:
+        bound = _signature(model.forward).bind_partial(*args, **kwargs).arguments
+        x = bound.get(self.hidden_arg)
+        if x is None:
+            x = next((v for v in bound.values() if torch.is_tensor(v)), None)
+        if x is None:
+            raise TypeError(f"cannot find the batch: the call has no tensor argument '{self.hidden_arg}'")
+        return int(x.shape[0])
+
+    def submodules(self, block: Block) -> dict[str, nn.Module]:
+        """Named submodules of a block by role: ``attn``, ``cross_attn``, ``temporal_attn``, ``mlp``,
+        and role-suffixed extras such as ``mlp_context``. Used by submodule selectors (FORA, PAB,
+        ToCa, TaylorSeer)."""
+        roles: dict[str, nn.Module] = {}
+        for role, names in (
+            ("attn", ("attn1", "attn", "self_attn")),
+            ("cross_attn", ("attn2", "cross_attn")),
+            ("mlp", ("ff", "mlp", "proj_mlp")),
+            ("mlp_context", ("ff_context",)),
+        ):
+            for n in names:
+                m = getattr(block.module, n, None)
+                if isinstance(m, nn.Module):
+                    roles[role] = m
+                    break
+        return roles
+
+    def modulated_input(self, block: Block, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """TeaCache's signal: the first block's input after timestep modulation. ``None`` means the
+        adapter does not know it, and TeaCache falls back to the raw hidden states."""
+        return None
