@@ -1,1 +1,48 @@
-"""forecache.core: the shared reuse and forecast runtime."""
+"""forecache.core: the shared reuse and forecast runtime.
+
+    from forecache.core import apply, teacache
+    handle = apply(pipe, teacache(0.4))
+    image = pipe("a red square").images[0]
+    print(handle.stats())
+
+A policy is where (selectors) x when (triggers) x what (forecasters); presets are policies named
+after their papers. See DESIGN.md.
+"""
+
+from .adapters.base import Adapter, Block, BlockIO
+from .apply import apply
+from .handle import CacheHandle
+from .policy import Policy
+from .presets import (
+    PRESETS,
+    abcache,
+    dbcache,
+    deepcache,
+    delta_dit,
+    easycache,
+    fastercache,
+    fbcache,
+    foca,
+    fora,
+    foresight,
+    freqca,
+    hicache,
+    magcache,
+    pab,
+    speca,
+    taylorseer,
+    teacache,
+    toca,
+)
+from .selectors.blocks import Blocks
+from .selectors.cfg import CfgBranch
+from .selectors.submodules import Submodules
+from .selectors.unet import UNetBranch
+from .sites.tokens import TokenSelection
+from .storage import CacheBudgetError
+
+__all__ = [
+    "Adapter", "Block", "BlockIO", "Blocks", "CacheBudgetError", "CacheHandle", "CfgBranch", "PRESETS",
+    "Policy", "Submodules", "TokenSelection", "UNetBranch", "apply",
+    *PRESETS,
+]

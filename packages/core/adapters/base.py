@@ -92,6 +92,11 @@ class Adapter:
     hidden_arg: str = "hidden_states"
     #: TeaCache polynomial coefficients published for this model class (highest power first), if any
     teacache_coefficients: tuple[float, ...] | None = None
+    #: MagCache's calibrated magnitude-ratio profile for this model class, if published
+    magcache_ratios: Any = None
+    #: the timestep the model receives at pure noise (1.0 for models fed sigma or t/1000, 1000.0
+    #: for models fed scheduler timesteps); time windows of presets are fractions of it
+    time_unit: float = 1.0
 
     def blocks(self, model: nn.Module) -> list[Block]:
         out: list[Block] = []

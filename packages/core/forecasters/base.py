@@ -27,6 +27,10 @@ class Forecaster(abc.ABC):
     def validate(self) -> None:
         """Raise ValueError naming the field and the fix when the configuration is invalid."""
 
+    def bind(self, adapter) -> Forecaster:
+        """This forecaster for one model (e.g. filled with the adapter's time unit); default: itself."""
+        return self
+
     @abc.abstractmethod
     def predict(
         self, times: Sequence[float], values: Sequence[torch.Tensor], t: float, state: dict

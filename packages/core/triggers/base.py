@@ -63,6 +63,11 @@ class Trigger(abc.ABC):
     def new_state(self) -> dict:
         return {}
 
+    def bind(self, adapter) -> Trigger:
+        """This trigger for one model: triggers with model-specific defaults left unset (TeaCache's
+        polynomial, MagCache's ratios) return a copy filled from the adapter."""
+        return self
+
     def measure(self, state: dict, obs: Observation) -> float | None:
         return None
 

@@ -1,0 +1,144 @@
+"""An :class:`Adapter` configured entirely by fields, the class behind every diffusers registry entry."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Adapter, Block, BlockIO
+from .teacache_fits import TeaCacheFit, select_fit
+
+__all__ = ["DEFAULT_ROLES", "DiffusersAdapter", "call_arguments"]
+
+Roles = tuple[tuple[str, tuple[str, ...]], ...]
+
+#: the base adapter's role lookup: role -> attribute names tried in order
+DEFAULT_ROLES: Roles = (
+    ("attn", ("attn1", "attn", "self_attn")),
+    ("cross_attn", ("attn2", "cross_attn")),
+    ("mlp", ("ff", "mlp", "proj_mlp")),
+    ("mlp_context", ("ff_context",)),
+)
+
+_SIGNATURES: dict[type, inspect.Signature] = {}
+
+
+def call_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of a call ``module(*args, **kwargs)`` by parameter name.
+
+    Binds against the class's ``forward``, not ``module.forward``, because a runtime that wraps forward
+    on the instance would otherwise hide the parameter names behind ``(*args, **kwargs)``.
+    """
+    cls = type(module)
+    if cls not in _SIGNATURES:
+        _SIGNATURES[cls] = inspect.signature(cls.forward)
+    return dict(_SIGNATURES[cls].bind_partial(module, *args, **kwargs).arguments)
+
+
+@dataclass(frozen=True)
+class DiffusersAdapter(Adapter):
+    """An :class:`Adapter` configured entirely by fields.
+
+    ``modulation(block_module, arguments)`` computes TeaCache's signal from the first block's call
+    arguments (by name); ``io_for(attr, block_module, io)`` returns a different :class:`BlockIO` for blocks
+    that differ from ``io``; ``roles`` maps submodule roles to attribute names tried in order;
+    ``teacache_fits`` lists the published TeaCache polynomials for the class, and :func:`adapter_for`
+    sets ``teacache_coefficients`` from the one matching the model's config.
+    """
+
+    name: str
+    block_attrs: tuple[str, ...] = ("blocks",)
+    io: BlockIO = BlockIO()
+    timestep_args: tuple[str, ...] = ("timestep",)
+    hidden_arg: str = "hidden_states"
+    #: the model's timestep at pure noise: 1.0 if it receives sigma in [0, 1], 1000.0 if t in [0, 1000]
+    timestep_max: float = 1000.0
+    modulation: Callable[[nn.Module, Mapping[str, Any]], torch.Tensor] | None = None
+    io_for: Callable[[str, nn.Module, BlockIO], BlockIO] | None = None
+    roles: Roles = DEFAULT_ROLES
+    teacache_fits: tuple[TeaCacheFit, ...] = ()
+    teacache_coefficients: tuple[float, ...] | None = None
+    #: where the convention was read
+    source: str = ""
+    doc: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.timestep_max <= 0:
+            raise ValueError(f"timestep_max={self.timestep_max}: use 1.0 for sigma in [0, 1] or 1000.0 for t")
+        if self.teacache_coefficients is None:
+            fit = select_fit(self.teacache_fits, {})
+            if fit is not None:
+                object.__setattr__(self, "teacache_coefficients", fit.coefficients)
+
+    def for_model(self, model: nn.Module) -> DiffusersAdapter:
+        """This adapter with ``teacache_coefficients`` chosen for ``model``'s config (``None`` when no
+        published fit matches it: TeaCache then needs coefficients passed explicitly)."""
+        if not self.teacache_fits:
+            return self
+        fit = select_fit(self.teacache_fits, dict(getattr(model, "config", {}) or {}))
+        coefficients = fit.coefficients if fit is not None else None
+        if coefficients == self.teacache_coefficients:
+            return self
+        return dataclasses.replace(self, teacache_coefficients=coefficients)
+
+    def teacache_fit(self, checkpoint: str) -> TeaCacheFit:
+        """The published TeaCache fit for ``checkpoint`` (for checkpoints a config cannot identify)."""
+        for fit in self.teacache_fits:
+            if fit.checkpoint == checkpoint:
+                return fit
+        known = [f.checkpoint for f in self.teacache_fits] or "none"
+        raise KeyError(f"{self.name} has no TeaCache fit named {checkpoint!r}; published fits: {known}")
+
+    def blocks(self, model: nn.Module) -> list[Block]:
+        out: list[Block] = []
+        for attr in self.block_attrs:
+            found = getattr(model, attr, None)
+            if found is None:
+                continue
+            if isinstance(found, nn.ModuleList | nn.Sequential):
+                out.extend(Block(f"{attr}.{i}", m, self.block_io(attr, m)) for i, m in enumerate(found))
+            else:  # a single block held directly, such as a UNet's mid_block
+                out.append(Block(attr, found, self.block_io(attr, found)))
+        if not out:
+            raise ValueError(
+                f"adapter {self.name!r} found no blocks on {type(model).__name__} (looked for attributes "
+                f"{self.block_attrs}); register an adapter whose block_attrs name them"
+            )
+        return out
+
+    def block_io(self, attr: str, block: nn.Module) -> BlockIO:
+        return self.io if self.io_for is None else self.io_for(attr, block, self.io)
+
+    def timestep(self, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | float | None:
+        bound = call_arguments(model, args, kwargs)
+        return next((bound[n] for n in self.timestep_args if bound.get(n) is not None), None)
+
+    def batch_size(self, model: nn.Module, args: tuple, kwargs: dict) -> int:
+        bound = call_arguments(model, args, kwargs)
+        x = bound.get(self.hidden_arg)
+        if x is None:
+            x = next((v for v in bound.values() if torch.is_tensor(v)), None)
+        if x is None:
+            raise TypeError(f"cannot find the batch: the call has no tensor argument '{self.hidden_arg}'")
+        return int(x.shape[0])
+
+    def submodules(self, block: Block) -> dict[str, nn.Module]:
+        found: dict[str, nn.Module] = {}
+        for role, names in self.roles:
+            for n in names:
+                module = getattr(block.module, n, None)
+                if isinstance(module, nn.Module):  # SD3's last block holds ff_context = None
+                    found[role] = module
+                    break
+        return found
+
+    def modulated_input(self, block: Block, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        if self.modulation is None:
+            return None
+        return self.modulation(block.module, call_arguments(block.module, args, kwargs))

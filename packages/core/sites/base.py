@@ -1,0 +1,145 @@
+"""A site is one place whose computation is cached: a block span, a submodule, a CFG branch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..forecasters.base import Forecaster
+from ..history import RowHistory
+from ..rows import row
+from ..triggers.base import Observation, Trigger, ask
+
+if TYPE_CHECKING:
+    from ..handle import CacheHandle
+
+
+@dataclass
+class CallContext:
+    """The clock's reading for the model call in progress."""
+
+    generation: int
+    step: int
+    branch: int
+    t: float
+    batch: int
+    timesteps: tuple[float, ...] | None
+
+
+@dataclass
+class RowPlan:
+    """One row's decision at one step: compute it, or use ``value`` (the forecast)."""
+
+    compute: bool
+    obs: Observation
+    value: tuple[torch.Tensor, ...] | None = None
+
+
+def finite(parts: tuple[torch.Tensor, ...]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in parts)
+
+
+class Site:
+    """Common machinery of every site: per (branch, row) histories, asking the trigger, forecasting,
+    the NaN/Inf guard, and reporting each decision to the handle.
+
+    ``window`` restricts caching to steps whose noise level ``t / adapter.time_unit`` (1 at pure
+    noise, 0 at the data) lies in ``[lo, hi]``; outside it the site computes (Δ-DiT's
+    stage-dependent block ranges, FasterCache's timestep ranges).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handle: CacheHandle,
+        trigger: Trigger,
+        forecaster: Forecaster,
+        window: tuple[float, float] | None = None,
+    ) -> None:
+        self.name = name
+        self.handle = handle
+        self.trigger = trigger
+        self.forecaster = forecaster
+        self.window = window
+        self._rows: dict[tuple[int, int], RowHistory] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def install(self) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        for h in self._rows.values():
+            h.clear()
+        self._rows.clear()
+
+    def history(self, branch: int, r: int) -> RowHistory:
+        key = (branch, r)
+        if key not in self._rows:
+            self._rows[key] = RowHistory(
+                self.trigger.new_state(), self.handle.storage, self.forecaster.max_history
+            )
+        return self._rows[key]
+
+    # -- decisions -------------------------------------------------------------------------------
+    def plan(
+        self,
+        ctx: CallContext,
+        like: torch.Tensor,
+        signal: torch.Tensor | None = None,
+        rows: range | None = None,
+    ) -> list[RowPlan]:
+        """Ask the trigger for every row and forecast the rows that will not compute.
+
+        Forecasts take the dtype and device of ``like``. A forecast with NaN/Inf turns the row
+        into a compute and is recorded.
+        """
+        plans = []
+        level = ctx.t / self.handle.adapter.time_unit
+        in_window = self.window is None or self.window[0] <= level <= self.window[1]
+        for r in rows if rows is not None else range(ctx.batch):
+            hist = self.history(ctx.branch, r)
+            obs = Observation(
+                step=ctx.step,
+                t=ctx.t,
+                timesteps=ctx.timesteps,
+                since_compute=hist.since_compute(ctx.step),
+                signal=row(signal, r),
+            )
+            if not in_window:
+                plans.append(RowPlan(True, obs))
+                self.handle.record(self, ctx, r, "window", None)
+                continue
+            must = not hist.ready(self.forecaster)
+            compute, metric = ask(self.trigger, hist.trigger_state, obs, must, self.handle.reduce)
+            action = "warmup" if must else ("compute" if compute else "cached")
+            value = None
+            if not compute:
+                value = hist.forecast(self.forecaster, ctx.t, like.dtype, like.device)
+                if not finite(value):
+                    compute, value, action = True, None, "nonfinite"
+            plans.append(RowPlan(compute, obs, value))
+            self.handle.record(self, ctx, r, action, metric)
+        return plans
+
+    def observe(
+        self,
+        ctx: CallContext,
+        plans: list[RowPlan],
+        inputs: torch.Tensor | None,
+        outputs: tuple[torch.Tensor, ...] | None,
+        cached: tuple[torch.Tensor, ...] | None,
+        rows: range | None = None,
+    ) -> None:
+        """After the step: store what computed rows produced (``cached``: the parts the forecaster
+        learns from, e.g. residuals) and let the trigger see every row."""
+        for r, plan in zip(rows if rows is not None else range(ctx.batch), plans):
+            hist = self.history(ctx.branch, r)
+            if plan.compute and cached is not None:
+                hist.record(ctx.step, ctx.t, tuple(row(p, r) for p in cached))
+            out = row(outputs[0], r) if (plan.compute and outputs is not None) else None
+            self.trigger.observe(hist.trigger_state, plan.obs, plan.compute, row(inputs, r), out)

@@ -1,0 +1,103 @@
+"""A submodule (self-attention, cross-attention, MLP) whose output is cached or forecast as is.
+
+This is the granularity of FORA, PAB, TaylorSeer, HiCache, FoCa and AB-Cache: each layer's
+attention and MLP outputs are features of their own, with their own history and decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..rows import put_rows, slice_call
+from .base import CallContext, RowPlan, Site
+
+if TYPE_CHECKING:
+    from ..handle import CacheHandle
+
+
+_SLOT = object()  # where a tensor goes back when an output is rebuilt
+
+
+def flatten(out: Any) -> tuple[tuple[torch.Tensor, ...], Any]:
+    """The tensors of a module output, and a template to rebuild the output from new tensors."""
+    if torch.is_tensor(out):
+        return (out,), None
+    if isinstance(out, (tuple, list)):
+        parts = tuple(v for v in out if torch.is_tensor(v))
+        template = (type(out), [_SLOT if torch.is_tensor(v) else v for v in out])
+        return parts, template
+    raise TypeError(f"cannot cache a module output of type {type(out).__name__}; expected tensors")
+
+
+def rebuild(template: Any, parts: tuple[torch.Tensor, ...]) -> Any:
+    if template is None:
+        return parts[0]
+    kind, items = template
+    it = iter(parts)
+    return kind([next(it) if v is _SLOT else v for v in items])
+
+
+class ModuleSite(Site):
+    def __init__(
+        self,
+        name: str,
+        handle: CacheHandle,
+        module: nn.Module,
+        trigger,
+        forecaster,
+        window: tuple[float, float] | None = None,
+        unbatched: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(name, handle, trigger, forecaster, window)
+        self.module = module
+        self.unbatched = unbatched
+        self._template: Any = None
+        self._signature: inspect.Signature | None = None
+
+    def install(self) -> None:
+        original = self.handle.wrap(self.module, self._call, self)
+        self._signature = inspect.signature(original)
+
+    def remove(self) -> None:
+        self.handle.unwrap(self.module)
+
+    def _call(self, original, *args, **kwargs):
+        ctx = self.handle.context_for(self)
+        bound = self._signature.bind(*args, **kwargs)
+        x = next((v for v in bound.arguments.values() if torch.is_tensor(v)), None)
+        if x is None:
+            raise TypeError(f"site {self.name}: the module call has no tensor argument to cache on")
+        # attention over frames may fold frames into the batch: this module's rows are its own
+        ctx = dataclasses.replace(ctx, batch=int(x.shape[0]))
+        plans = self.plan(ctx, x, x if self.trigger.signal == "input" else None)
+        key = (self.name, tuple(tuple(v.shape[1:]) for v in bound.arguments.values() if torch.is_tensor(v)))
+        parts = self._execute(ctx, plans, original, bound, key)
+        self.observe(ctx, plans, x, parts, parts)
+        return rebuild(self._template, parts)
+
+    def _execute(self, ctx: CallContext, plans: list[RowPlan], original, bound, key) -> tuple[torch.Tensor, ...]:
+        compute = torch.tensor([p.compute for p in plans])
+        meter, batch = self.handle.meter, ctx.batch
+        if bool(compute.all()):
+            parts, self._template = flatten(meter.run(key, batch, lambda: original(*bound.args, **bound.kwargs)))
+            return parts
+        self.handle.skipped(key, int((~compute).sum()))
+        cached = [p.value for p in plans if not p.compute]
+        forecast = tuple(torch.cat(c, dim=0) for c in zip(*cached))
+        skip_idx = (~compute).nonzero().flatten()
+        if not bool(compute.any()):
+            return forecast
+        idx = compute.nonzero().flatten()
+        args, kwargs = slice_call(bound, idx, batch, self.unbatched)
+        fresh, self._template = flatten(meter.run(key, len(idx), lambda: original(*args, **kwargs)))
+        out = []
+        for f, c in zip(fresh, forecast):
+            full = f.new_empty((batch, *f.shape[1:]))
+            full = put_rows(full, idx, f)
+            out.append(put_rows(full, skip_idx, c))
+        return tuple(out)

@@ -1,0 +1,231 @@
+"""A span of consecutive blocks whose middle is cached as one residual.
+
+The span is ``probe + region + tail`` blocks. The probe blocks always run, and what they change
+is the signal of probe-residual triggers (FBCache, DBCache's Fn). The region is cached: a row that
+skips it gets ``region input + forecast residual``, which keeps the information of the current
+input (Δ-DiT's Δ-cache) and costs one feature per row whatever the depth (FreqCa's cumulative
+residual feature, CRF). The tail blocks always run and correct what the region approximated
+(DBCache's Bn); for forecast-then-verify triggers (SpeCa) they are also the verifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..adapters.base import Adapter, Block
+from ..history import RowHistory
+from ..rows import put_rows, row, slice_call
+from .base import CallContext, RowPlan, Site
+
+if TYPE_CHECKING:
+    from ..handle import CacheHandle
+
+
+@dataclass
+class _Pass:
+    """What one model call's trip through the span has seen so far."""
+
+    ctx: CallContext
+    span_in: tuple[torch.Tensor, ...] = ()
+    signal: torch.Tensor | None = None
+    region_in: tuple[torch.Tensor, ...] = ()
+    plans: list[RowPlan] = field(default_factory=list)
+    compute: torch.Tensor | None = None
+    bound: dict[int, Any] = field(default_factory=dict)
+    residual: tuple[torch.Tensor, ...] = ()
+    region_out: tuple[torch.Tensor, ...] = ()
+
+
+class SpanSite(Site):
+    def __init__(
+        self,
+        name: str,
+        handle: CacheHandle,
+        adapter: Adapter,
+        blocks: list[Block],
+        trigger,
+        forecaster,
+        probe: int = 0,
+        tail: int = 0,
+        window: tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__(name, handle, trigger, forecaster, window)
+        if probe < 0 or tail < 0:
+            raise ValueError(f"probe={probe} and tail={tail} must be >= 0 (blocks that always run)")
+        if probe + tail >= len(blocks):
+            raise ValueError(
+                f"probe={probe} + tail={tail} blocks leave nothing to cache in a span of {len(blocks)} "
+                "blocks; lower probe (Fn) or tail (Bn)"
+            )
+        if trigger.signal == "probe_residual" and probe < 1:
+            raise ValueError(
+                f"{type(trigger).__name__} compares the probe blocks' residual, but probe=0; set probe (Fn) >= 1"
+            )
+        if trigger.verifies and tail < 1:
+            raise ValueError(
+                f"{type(trigger).__name__} verifies forecasts on the tail blocks, but tail=0; set tail >= 1"
+            )
+        self.adapter = adapter
+        self.blocks = blocks
+        self.r0, self.r1 = probe, len(blocks) - tail
+        self._orig: list[Any] = []
+        self._pass: _Pass | None = None
+        self._verify_rows: dict[tuple[int, int], Any] = {}
+
+    def install(self) -> None:
+        self._orig = [self.handle.wrap(b.module, partial(self._call, i), self) for i, b in enumerate(self.blocks)]
+
+    def remove(self) -> None:
+        for b in self.blocks:
+            self.handle.unwrap(b.module)
+
+    def reset(self) -> None:
+        super().reset()
+        for h in self._verify_rows.values():
+            h.clear()
+        self._verify_rows.clear()
+        self._pass = None
+
+    # -- the per-block wrapper -------------------------------------------------------------------
+    def _call(self, i: int, original, *args, **kwargs):
+        ctx = self.handle.context_for(self)
+        block = self.blocks[i]
+        io = block.io
+        bound = io.bind(self._orig[i], args, kwargs)
+        if i == 0:
+            self._pass = _Pass(ctx, span_in=io.state_in(bound))
+            if self.trigger.signal == "modulated_input":
+                signal = self.adapter.modulated_input(block, args, kwargs)
+                self._pass.signal = signal if signal is not None else self._pass.span_in[0]
+        p = self._pass
+        if p is None or p.ctx is not ctx:
+            raise RuntimeError(
+                f"block {block.name} of site {self.name} ran without block 0 of its span in the same "
+                "model call; the adapter's block order does not match the model's forward"
+            )
+        p.bound[i] = bound
+        if i < self.r0 or i >= self.r1:
+            out = self._run(i, bound, None)
+            if i == len(self.blocks) - 1 and self.trigger.verifies:
+                out = self._verify(io.state_out(out), out)
+            return out
+        if i == self.r0:
+            self._plan(p, io.state_in(bound))
+        out = self._run(i, bound, p.compute)
+        if i == self.r1 - 1:
+            out = io.make_output(self._finish_region(p, io.state_out(out)))
+        return out
+
+    def _plan(self, p: _Pass, region_in: tuple[torch.Tensor, ...]) -> None:
+        signal = {
+            "probe_residual": lambda: region_in[0] - p.span_in[0],
+            "input": lambda: region_in[0],
+            "modulated_input": lambda: p.signal,
+        }.get(self.trigger.signal, lambda: None)()
+        p.region_in = region_in
+        p.plans = self.plan(p.ctx, region_in[0], signal)
+        p.compute = torch.tensor([pl.compute for pl in p.plans])
+
+    def _finish_region(self, p: _Pass, out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        residual = tuple(o - x for o, x in zip(out, p.region_in))
+        final = list(out)
+        for r, plan in enumerate(p.plans):
+            if not plan.compute:
+                for c, x in enumerate(p.region_in):
+                    final[c] = put_rows(final[c], torch.tensor([r]), row(x, r) + plan.value[c])
+        if not self.trigger.verifies:
+            self.observe(p.ctx, p.plans, p.region_in[0], out, residual)
+        else:
+            # the trigger sees the step once verification has settled which rows really computed
+            p.residual, p.region_out = residual, out
+        return tuple(final)
+
+    # -- running blocks on some rows ------------------------------------------------------------
+    def _run(self, i: int, bound, compute: torch.Tensor | None):
+        io = self.blocks[i].io
+        batch = self._pass.ctx.batch
+        state = io.state_in(bound)
+        key = (self.name, i, tuple(tuple(s.shape[1:]) for s in state if torch.is_tensor(s)))
+        meter = self.handle.meter
+        if compute is None or bool(compute.all()):
+            return meter.run(key, batch, lambda: self._orig[i](*bound.args, **bound.kwargs))
+        self.handle.skipped(key, int((~compute).sum()))
+        if not bool(compute.any()):
+            return io.make_output(state)
+        idx = compute.nonzero().flatten()
+        args, kwargs = slice_call(bound, idx, batch, io.unbatched)
+        part = io.state_out(meter.run(key, len(idx), lambda: self._orig[i](*args, **kwargs)))
+        return io.make_output(tuple(put_rows(s, idx, q) for s, q in zip(state, part)))
+
+    def _rerun(self, idx: torch.Tensor, first: int, last: int, state: tuple[torch.Tensor, ...]):
+        """Rows ``idx`` through blocks ``first..last-1`` again, from ``state`` (batch-sized); the
+        blocks' other arguments are the ones this call already gave them."""
+        p = self._pass
+        for j in range(first, last):
+            io = self.blocks[j].io
+            bound = p.bound[j]
+            arguments = dict(bound.arguments)
+            arguments.update(zip(io.state, state))
+            rebound = type(bound)(bound.signature, arguments)
+            args, kwargs = slice_call(rebound, idx, p.ctx.batch, io.unbatched)
+            part = io.state_out(self._orig[j](*args, **kwargs))
+            key = (self.name, j, tuple(tuple(s.shape[1:]) for s in state if torch.is_tensor(s)))
+            self.handle.extra(key, len(idx))
+            state = tuple(put_rows(s, idx, q) for s, q in zip(state, part))
+        return state
+
+    # -- forecast-then-verify (SpeCa) -----------------------------------------------------------
+    def _verify(self, span_out: tuple[torch.Tensor, ...], out: Any):
+        """Compare each forecast row's real tail output with the forecast of it; roll back the rows
+        whose relative error the trigger rejects by recomputing region and tail for them."""
+        p = self._pass
+        ctx, plans = p.ctx, p.plans
+        region_out, residual = p.region_out, p.residual
+        rejected = []
+        for r, plan in enumerate(plans):
+            if plan.compute:
+                continue
+            hist = self._verify_history(ctx.branch, r)
+            if not hist.ready(self.forecaster):
+                rejected.append(r)
+                self.handle.record(self, ctx, r, "rejected", None)
+                continue
+            pred = hist.forecast(self.forecaster, ctx.t, span_out[0].dtype, span_out[0].device)[0]
+            real = row(span_out[0], r)
+            pred = row(p.region_in[0], r) + pred
+            err = float((pred - real).float().norm() / real.float().norm().clamp_min(1e-12))
+            err = self.handle.reduce(err)
+            if not self.trigger.verify(self.history(ctx.branch, r).trigger_state, plan.obs, err):
+                rejected.append(r)
+                self.handle.record(self, ctx, r, "rejected", err)
+        if rejected:
+            idx = torch.tensor(rejected)
+            io = self.blocks[-1].io
+            region_state = self._rerun(idx, self.r0, self.r1, p.region_in)
+            tail_state = self._rerun(idx, self.r1, len(self.blocks), region_state)
+            residual = tuple(put_rows(res, idx, row_sel(rs, idx) - row_sel(x, idx)) for res, rs, x in zip(residual, region_state, p.region_in))
+            region_out = tuple(put_rows(a, idx, row_sel(b, idx)) for a, b in zip(region_out, region_state))
+            span_out = tuple(put_rows(a, idx, row_sel(b, idx)) for a, b in zip(span_out, tail_state))
+            for r in rejected:
+                plans[r].compute = True
+            out = io.make_output(span_out)
+        self.observe(ctx, plans, p.region_in[0], region_out, residual)
+        for r, plan in enumerate(plans):
+            if plan.compute:
+                full = tuple(row(o, r) - row(x, r) for o, x in zip(span_out, p.region_in))
+                self._verify_history(ctx.branch, r).record(ctx.step, ctx.t, full)
+        return out
+
+    def _verify_history(self, branch: int, r: int) -> RowHistory:
+        key = (branch, r)
+        if key not in self._verify_rows:
+            self._verify_rows[key] = RowHistory({}, self.handle.storage, self.forecaster.max_history)
+        return self._verify_rows[key]
+
+
+def row_sel(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x.index_select(0, idx.to(x.device))

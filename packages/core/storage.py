@@ -1,0 +1,52 @@
+"""Cache storage: dtype, byte accounting and the byte budget."""
+
+from __future__ import annotations
+
+import torch
+
+
+class CacheBudgetError(RuntimeError):
+    """The cache needs more bytes than ``max_cache_bytes`` allows."""
+
+
+class Storage:
+    """Owns every tensor a handle keeps across steps, so its size is known and bounded.
+
+    ``dtype`` stores cached features in a smaller type (e.g. ``torch.bfloat16``); forecasters
+    compute in float32 and the result is cast back to the model's dtype, so only storage shrinks.
+    """
+
+    def __init__(self, dtype: torch.dtype | None = None, max_bytes: int | None = None) -> None:
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"storage_dtype={dtype!r} is not a floating torch.dtype; use e.g. torch.bfloat16 or None")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_cache_bytes={max_bytes} must be positive, or None for no budget")
+        self.dtype = dtype
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.peak_bytes = 0
+
+    def keep(self, x: torch.Tensor) -> torch.Tensor:
+        """A detached copy of ``x`` owned by the cache."""
+        y = x.detach().to(dtype=self.dtype or x.dtype, copy=True)
+        self._grow(y.numel() * y.element_size())
+        return y
+
+    def drop(self, x: torch.Tensor) -> None:
+        self.bytes -= x.numel() * x.element_size()
+
+    def _grow(self, n: int) -> None:
+        self.bytes += n
+        if self.max_bytes is not None and self.bytes > self.max_bytes:
+            need = self.bytes
+            self.bytes -= n
+            raise CacheBudgetError(
+                f"the cache needs {need:,} bytes, over max_cache_bytes={self.max_bytes:,}. "
+                "Raise max_cache_bytes, store in a smaller dtype (storage_dtype=torch.bfloat16), "
+                "use a lower-order forecaster, or cache one cumulative residual (crf=True / a block span) "
+                "instead of every layer's features"
+            )
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+
+    def reset_peak(self) -> None:
+        self.peak_bytes = self.bytes

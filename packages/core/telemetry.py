@@ -1,0 +1,114 @@
+"""Telemetry: per-decision trace records and the aggregate stats of a handle."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Decision:
+    """One row's decision at one site and step, and the metric behind it."""
+
+    generation: int
+    step: int
+    branch: int
+    row: int
+    site: str
+    t: float
+    action: str
+    """``compute``; ``warmup`` (computed: not enough history to forecast); ``window`` (computed:
+    outside the site's active time window); ``cached`` (reused or forecast); ``nonfinite``
+    (a forecast had NaN/Inf, so the row computed); ``rejected`` (a verified forecast failed
+    and the row was recomputed)."""
+    metric: float | None = None
+
+    COMPUTED = frozenset({"compute", "warmup", "window", "nonfinite", "rejected"})
+
+    @property
+    def computed(self) -> bool:
+        return self.action in self.COMPUTED
+
+
+class Trace(list):
+    """The decisions of a handle, in order. ``to_json()`` writes them as a list of objects."""
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps([asdict(d) for d in self], indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+@dataclass
+class Stats:
+    """Aggregate telemetry of a handle since it was applied (or last reset).
+
+    ``compute_ratio`` is the FLOPs the cached model really executed divided by the FLOPs the
+    uncached model executes on the same calls. Each cached site's per-row FLOPs are counted once
+    with ``torch.utils.flop_counter.FlopCounterMode`` the first time it computes at a given shape,
+    as are the whole model calls; every skipped row removes its site's FLOPs from the total, and
+    every recompute (NaN/Inf forecast, rejected verification) adds them back. Elementwise work of
+    forecasting is not counted, as FlopCounterMode does not count it either.
+    """
+
+    calls: int = 0
+    generations: int = 0
+    flops_full: float = 0.0
+    flops_skipped: float = 0.0
+    flops_extra: float = 0.0
+    peak_cache_bytes: int = 0
+    nonfinite_recomputes: int = 0
+    rejected_forecasts: int = 0
+    sites: dict = field(default_factory=lambda: defaultdict(lambda: {"rows": 0, "cached": 0}))
+
+    @property
+    def compute_ratio(self) -> float:
+        if self.flops_full <= 0:
+            return 1.0
+        return (self.flops_full - self.flops_skipped + self.flops_extra) / self.flops_full
+
+    @property
+    def hit_rate(self) -> float:
+        rows = sum(s["rows"] for s in self.sites.values())
+        return 0.0 if rows == 0 else sum(s["cached"] for s in self.sites.values()) / rows
+
+    def as_dict(self) -> dict:
+        return {
+            "compute_ratio": round(self.compute_ratio, 6),
+            "speedup_flops": round(1.0 / max(self.compute_ratio, 1e-12), 4),
+            "hit_rate": round(self.hit_rate, 6),
+            "calls": self.calls,
+            "generations": self.generations,
+            "flops_full": self.flops_full,
+            "flops_executed": self.flops_full - self.flops_skipped + self.flops_extra,
+            "peak_cache_bytes": self.peak_cache_bytes,
+            "nonfinite_recomputes": self.nonfinite_recomputes,
+            "rejected_forecasts": self.rejected_forecasts,
+            "sites": {
+                name: {**s, "hit_rate": round(s["cached"] / s["rows"], 6) if s["rows"] else 0.0}
+                for name, s in self.sites.items()
+            },
+        }
+
+    def __str__(self) -> str:
+        d = self.as_dict()
+        lines = [
+            f"compute ratio {d['compute_ratio']:.3f} (FLOPs speedup {d['speedup_flops']:.2f}x), "
+            f"hit rate {d['hit_rate']:.3f}, {d['calls']} calls in {d['generations']} generation(s), "
+            f"peak cache {d['peak_cache_bytes'] / 2**20:.2f} MiB"
+        ]
+        if d["nonfinite_recomputes"] or d["rejected_forecasts"]:
+            lines.append(
+                f"recomputed: {d['nonfinite_recomputes']} non-finite forecasts, "
+                f"{d['rejected_forecasts']} rejected forecasts"
+            )
+        sites = d["sites"]
+        shown = list(sites.items())[:8]
+        for name, s in shown:
+            lines.append(f"  {name:<40} hit rate {s['hit_rate']:.3f} ({s['cached']}/{s['rows']})")
+        if len(sites) > len(shown):
+            lines.append(f"  ... and {len(sites) - len(shown)} more sites")
+        return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Accumulated, rescaled relative L1 change of the modulated input (TeaCache)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ._common import check, check_real, is_last_step, relative_l1, snapshot
+from .base import Observation, Trigger
+
+#: TeaCache's rescaling polynomial for FLUX.1 (numpy.poly1d order, highest power first), fitted
+#: from the modulated-input change to the output change. Source: ali-vilab/TeaCache
+#: ``TeaCache4FLUX/teacache_flux.py`` (commit 7c10efc).
+TEACACHE_FLUX_COEFFICIENTS: tuple[float, ...] = (
+    4.98651651e02,
+    -2.83781631e02,
+    5.58554382e01,
+    -3.82021401e00,
+    2.64230861e-01,
+)
+
+
+class RelativeL1(Trigger):
+    """TeaCache (arXiv 2411.19108): compute when the accumulated estimate of output change is big.
+
+    ``coefficients=None`` takes the polynomial the model's adapter publishes (:meth:`bind`), else
+    the identity.
+
+    Signal: ``"modulated_input"``, the first block's timestep-modulated input.
+
+    Per step n (not the first): ``d_n = mean|s_n - s_{n-1}| / mean|s_{n-1}|`` where ``s_{n-1}`` is
+    the PREVIOUS STEP's signal, whether that step computed or not; ``acc += poly(d_n)`` with
+    ``poly`` the rescaling polynomial (``coefficients``, numpy.poly1d order; ``None`` = identity).
+    Skip while ``acc < threshold``; when ``acc >= threshold`` compute and reset ``acc`` to 0.
+    The first step and, when the schedule is known, the last step always compute (and reset).
+    Metric: the accumulated value ``acc + poly(d_n)`` the decision compares.
+
+    All of this is as in the reference (``teacache_flux.py``: ``previous_modulated_input`` is
+    overwritten every step; ``accumulated_rel_l1_distance < rel_l1_thresh`` skips; ``cnt == 0 or
+    cnt == num_steps-1`` computes). ``threshold`` has no default because it is the speed knob;
+    TeaCache's FLUX values are 0.25 (1.5x), 0.4 (1.8x), 0.6 (2.0x, the script's setting), 0.8
+    (2.25x), with :data:`TEACACHE_FLUX_COEFFICIENTS`.
+
+    Deviations: without a known schedule the last-step rule cannot apply and is skipped (the
+    reference always knows ``num_steps``). Under torch.distributed the rescaled change is averaged
+    across ranks (the reference runs on one device).
+    """
+
+    signal = "modulated_input"
+
+    def __init__(self, threshold: float, coefficients: Sequence[float] | None = None) -> None:
+        self.threshold = threshold
+        self.coefficients = None if coefficients is None else tuple(float(c) for c in coefficients)
+        self._poly = None if self.coefficients is None else np.poly1d(self.coefficients)
+
+    def validate(self) -> None:
+        who = type(self).__name__
+        check_real(who, "threshold", self.threshold, 0.0, "use e.g. 0.4 (TeaCache FLUX: 0.25-0.8)")
+        if self.coefficients is not None:
+            ok = len(self.coefficients) > 0 and all(np.isfinite(self.coefficients))
+            check(ok, who, "coefficients", self.coefficients, "must be finite numbers, highest power "
+                  "first", "pass the fitted polynomial, e.g. TEACACHE_FLUX_COEFFICIENTS, or None")
+
+    def bind(self, adapter) -> RelativeL1:
+        """Fill ``coefficients`` left unset from the polynomial the adapter publishes for its model
+        class; without one the rescaling stays the identity."""
+        published = getattr(adapter, "teacache_coefficients", None)
+        if self.coefficients is not None or published is None:
+            return self
+        return type(self)(self.threshold, published)
+
+    def new_state(self) -> dict:
+        return {"prev": None, "acc": 0.0}
+
+    def measure(self, state: dict, obs: Observation) -> float | None:
+        if state["prev"] is None or obs.signal is None:
+            return None
+        change = relative_l1(obs.signal, state["prev"])
+        rescaled = change if self._poly is None else float(self._poly(change))
+        return state["acc"] + rescaled
+
+    def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
+        if metric is None or is_last_step(obs):
+            return True
+        state["acc"] = metric
+        return metric >= self.threshold
+
+    def observe(
+        self,
+        state: dict,
+        obs: Observation,
+        computed: bool,
+        inputs: torch.Tensor | None,
+        output: torch.Tensor | None,
+    ) -> None:
+        if computed:
+            state["acc"] = 0.0
+        state["prev"] = snapshot(obs.signal)
