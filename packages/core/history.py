@@ -35,10 +35,18 @@ class RowHistory:
     def record(self, step: int, t: float, value: tuple[torch.Tensor, ...]) -> None:
         if self.times and self.times[-1] == t:  # a recompute of the same step replaces its point
             self._pop(-1)
-        self.times.append(t)
-        self.values.append(tuple(self.storage.keep(v) for v in value))
-        while len(self.times) > self.max_points:
+        while len(self.times) >= self.max_points:  # evict first: the peak is the steady state
             self._pop(0)
+        kept: list[torch.Tensor] = []
+        try:
+            for v in value:
+                kept.append(self.storage.keep(v))
+        except BaseException:  # over budget: leave the history consistent, then report
+            for k in kept:
+                self.storage.drop(k)
+            raise
+        self.times.append(t)
+        self.values.append(tuple(kept))
         self.scratch = [{} for _ in value]
         self.last_compute_step = step
 

@@ -309,6 +309,16 @@ def test_speculative_verify_accepts_good_rejects_bad():
         trig.verify(state, Observation(5, T[5], None, 2), 0.005)
 
 
+def test_zero_threshold_never_skips():
+    flat = [torch.ones(1, 2, dtype=torch.float64)] * len(T)  # nothing changes: every metric is 0
+    ones = (1.0,) * len(T)
+    assert drive(RelativeL1(0.0, coefficients=(1.0, -0.5)), inputs=flat)[0] == "C" * 10
+    assert drive(MagnitudeRatio(0.0, 5, 0.0, ratios=ones, times=T))[0] == "C" * 10
+    assert drive(TransformRate(0.0, warmup=0), inputs=flat, outputs=flat)[0] == "C" * 10
+    assert drive(Foresight(0.0, warmup=2), outputs=flat)[0] == "C" * 10
+    assert drive(Speculative(0.0, warmup=0), outputs=flat)[0] == "C" * 10
+
+
 # -- validation -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "trigger, knob",

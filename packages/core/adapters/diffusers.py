@@ -12,15 +12,15 @@ Registering a new model takes a few lines::
 
     register(MyDiT, DiffusersAdapter(
         name="my-dit",
+        time_unit=1000.0,                             # its timestep at pure noise (1.0 if fed sigma)
         block_attrs=("blocks",),                      # attributes holding the blocks, in call order
         io=BlockIO(state=("hidden_states",),          # what flows block to block
                    returns=None,                      # the block returns a bare tensor
                    unbatched=("rotary_emb",)),        # tensors without a batch dimension
-        timestep_max=1000.0,                          # 1.0 if the model receives sigma in [0, 1]
     ))
 
 Built-in entries. ``state`` is what flows block to block (hs = hidden_states, ehs =
-encoder_hidden_states), ``returns`` the order the blocks return it in, ``timestep_max`` 1.0 when the
+encoder_hidden_states), ``returns`` the order the blocks return it in, ``time_unit`` 1.0 when the
 model receives sigma in [0, 1] and 1000.0 when it receives t in [0, 1000]:
 
 - FluxTransformer2DModel: transformer_blocks then single_transformer_blocks; state (hs, ehs), returns
@@ -139,9 +139,9 @@ _T = "diffusers/models/transformers/"
 
 FLUX_ADAPTER = DiffusersAdapter(
     name="flux",
+    time_unit=1.0,
     block_attrs=("transformer_blocks", "single_transformer_blocks"),
     io=BlockIO(state=_DUAL, returns=_TEXT_FIRST, unbatched=("image_rotary_emb",)),
-    timestep_max=1.0,
     modulation=_adaln_zero_input,
     roles=(("attn", ("attn",)), ("mlp", ("ff", "proj_mlp")), ("mlp_context", ("ff_context",))),
     teacache_fits=FLUX,
@@ -154,6 +154,7 @@ FLUX_ADAPTER = DiffusersAdapter(
 
 SD3_ADAPTER = DiffusersAdapter(
     name="sd3",
+    time_unit=1000.0,
     block_attrs=("transformer_blocks",),
     io=BlockIO(state=_DUAL, returns=_TEXT_FIRST),
     io_for=_sd3_io,
@@ -169,6 +170,7 @@ SD3_ADAPTER = DiffusersAdapter(
 
 WAN_ADAPTER = DiffusersAdapter(
     name="wan",
+    time_unit=1000.0,
     block_attrs=("blocks",),
     io=BlockIO(state=("hidden_states",), unbatched=("rotary_emb",)),
     modulation=_temb,
@@ -182,6 +184,7 @@ WAN_ADAPTER = DiffusersAdapter(
 
 COGVIDEOX_ADAPTER = DiffusersAdapter(
     name="cogvideox",
+    time_unit=1000.0,
     block_attrs=("transformer_blocks",),
     io=BlockIO(state=_DUAL, returns=_DUAL, unbatched=("image_rotary_emb",)),
     modulation=_temb,
@@ -194,6 +197,7 @@ COGVIDEOX_ADAPTER = DiffusersAdapter(
 
 HUNYUAN_VIDEO_ADAPTER = DiffusersAdapter(
     name="hunyuan-video",
+    time_unit=1000.0,
     block_attrs=("transformer_blocks", "single_transformer_blocks"),
     # the dual blocks name the rotary pair freqs_cis, the single blocks image_rotary_emb
     io=BlockIO(state=_DUAL, returns=_DUAL, unbatched=("image_rotary_emb", "freqs_cis")),
@@ -209,6 +213,7 @@ HUNYUAN_VIDEO_ADAPTER = DiffusersAdapter(
 
 LTX_VIDEO_ADAPTER = DiffusersAdapter(
     name="ltx-video",
+    time_unit=1000.0,
     block_attrs=("transformer_blocks",),
     # LTXVideoRotaryPosEmbed builds its (cos, sin) per sample, [B, S, D]: batched, so sliced with the rows
     io=BlockIO(state=("hidden_states",)),
@@ -223,10 +228,10 @@ LTX_VIDEO_ADAPTER = DiffusersAdapter(
 
 QWEN_IMAGE_ADAPTER = DiffusersAdapter(
     name="qwen-image",
+    time_unit=1.0,
     block_attrs=("transformer_blocks",),
     io=BlockIO(state=_DUAL, returns=_TEXT_FIRST, unbatched=("image_rotary_emb",)),
     io_for=_qwen_io,
-    timestep_max=1.0,
     modulation=_qwen_input,
     roles=(("attn", ("attn",)), ("mlp", ("img_mlp",)), ("mlp_context", ("txt_mlp",))),
     source=_T + "transformer_qwenimage.py: QwenImageTransformer2DModel.forward, QwenImageTransformerBlock.forward; "
@@ -238,6 +243,7 @@ QWEN_IMAGE_ADAPTER = DiffusersAdapter(
 
 UNET_ADAPTER = DiffusersAdapter(
     name="unet-2d-condition",
+    time_unit=1000.0,
     block_attrs=("down_blocks", "mid_block", "up_blocks"),
     io=BlockIO(state=("hidden_states",)),
     io_for=_unet_io,
@@ -338,6 +344,6 @@ def _unknown_message(model: Any) -> str:
         "    from forecache.core.adapters.base import BlockIO\n"
         "    from forecache.core.adapters.diffusers import DiffusersAdapter, register\n"
         f"    register({name}, DiffusersAdapter(\n"
-        '        name="my-model", block_attrs=("transformer_blocks",),\n'
+        '        name="my-model", time_unit=1000.0, block_attrs=("transformer_blocks",),\n'
         '        io=BlockIO(state=("hidden_states",), returns=None, unbatched=("image_rotary_emb",))))'
     )

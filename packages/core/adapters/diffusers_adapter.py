@@ -53,12 +53,14 @@ class DiffusersAdapter(Adapter):
     """
 
     name: str
+    #: the timestep the model receives at pure noise: 1.0 if it is fed sigma in [0, 1] (or t / 1000),
+    #: 1000.0 if fed scheduler timesteps in [0, 1000]. Required: a wrong unit silently shifts every
+    #: time window and forecast
+    time_unit: float
     block_attrs: tuple[str, ...] = ("blocks",)
     io: BlockIO = BlockIO()
     timestep_args: tuple[str, ...] = ("timestep",)
     hidden_arg: str = "hidden_states"
-    #: the model's timestep at pure noise: 1.0 if it receives sigma in [0, 1], 1000.0 if t in [0, 1000]
-    timestep_max: float = 1000.0
     modulation: Callable[[nn.Module, Mapping[str, Any]], torch.Tensor] | None = None
     io_for: Callable[[str, nn.Module, BlockIO], BlockIO] | None = None
     roles: Roles = DEFAULT_ROLES
@@ -69,8 +71,11 @@ class DiffusersAdapter(Adapter):
     doc: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
-        if self.timestep_max <= 0:
-            raise ValueError(f"timestep_max={self.timestep_max}: use 1.0 for sigma in [0, 1] or 1000.0 for t")
+        if not self.time_unit > 0:
+            raise ValueError(
+                f"DiffusersAdapter.time_unit={self.time_unit}: use 1.0 for a model fed sigma in [0, 1], "
+                "1000.0 for one fed scheduler timesteps"
+            )
         if self.teacache_coefficients is None:
             fit = select_fit(self.teacache_fits, {})
             if fit is not None:

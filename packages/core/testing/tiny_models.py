@@ -257,7 +257,7 @@ def _ltx_inputs(model, batch, randn):
         num_frames=frames,
         height=height,
         width=width,
-        rope_interpolation_scale=(20 / 25, 32, 32),
+        rope_interpolation_scale=(8 / 25, 32, 32),  # LTXPipeline: (8 / frame_rate, 32, 32)
     )
 
 

@@ -18,20 +18,20 @@ class Foresight(Trigger):
     Rule, per row and step, with ``o_s`` the site's output at its s-th computation:
 
     - warm-up, ``step < warmup``: compute; record ``MSE(o_t, o_{t-1})``. At the last warm-up step,
-      ``lambda = sum_{t=W-2..W} 10^-(W-t) * MSE(o_t, o_{t-1})`` (the paper's equation, over the
-      last three warm-up steps, terms that do not exist dropped).
+      ``lambda = sum_{t=W-2..W} 10^-(W-t) * MSE(o_t, o_{t-1})`` (the paper's equation as the
+      survey quotes it, eq. 40: the last three warm-up steps, terms that do not exist dropped).
     - afterwards: compute on every ``recalculate``-th step (``step % recalculate == 0``);
       otherwise reuse iff ``delta <= gamma * lambda``, where ``delta`` is the MSE between the
       site's last two computed outputs (measured when it last computed: a change estimate that
-      needs nothing from the current step). Metric: ``delta``.
+      needs nothing from the current step). Metric: ``delta``. ``gamma=0`` never reuses.
 
     No signal is needed: ``delta`` and ``lambda`` come from the outputs ``observe`` receives.
 
     Verified against STAR-Laboratory/foresight (commit a4dba33): ``videosys/models/transformers/
     cogvideox_transformer_3d.py`` keeps ``transformer_block_mse[i] = F.mse_loss(out, cache[i])``
     updated only when block i runs, skips when ``mse <= threshold[i]``, recomputes everything when
-    ``count % recalculate == 0``; ``foresight_mgr.py`` / ``examples/*/sample.py`` give
-    ``warmup=8, recalculate=2, threshold=0.5`` (gamma; 1.0 in the Open-Sora example), the defaults
+    ``count % recalculate == 0``; ``examples/*/sample.py`` and ``eval/foresight/experiments`` use
+    ``warmup=8, recalculate=2, threshold=0.5`` (gamma; 1.0 in one Open-Sora setting), the defaults
     here.
 
     Deviations: the reference code sets ``lambda = gamma * MSE`` of the last warm-up step only;
@@ -58,7 +58,7 @@ class Foresight(Trigger):
         return state["delta"]
 
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
-        if obs.step < self.warmup or state["lam"] is None or metric is None:
+        if obs.step < self.warmup or state["lam"] is None or metric is None or self.gamma <= 0:
             return True
         if obs.step % self.recalculate == 0:
             return True

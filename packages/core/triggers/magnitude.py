@@ -114,7 +114,8 @@ class MagnitudeRatio(Trigger):
     last compute ``<= max_skip`` (K), else compute. Metric: ``E``. As in ``magcache_flux.py``
     (commit df81cb1): ``accumulated_err <= magcache_thresh and accumulated_steps <= K`` skips;
     ``cnt >= int(retention_ratio * num_steps + 0.5)`` starts skipping. Defaults are its FLUX.1
-    setting (threshold=0.24, max_skip=5, retention=0.1).
+    setting (threshold=0.24, max_skip=5, retention=0.1). ``threshold=0`` never skips (a ratio of
+    exactly 1.0, which the FLUX curve has, would otherwise give ``E = 0 <= 0``).
 
     ``ratios``: a :class:`MagnitudeProfile` (e.g. :data:`FLUX_MAG_PROFILE`); a sequence of
     per-step ratios with ``times`` (their time grid) or without (a position grid, read at
@@ -212,7 +213,7 @@ class MagnitudeRatio(Trigger):
         return state["acc_err"] + abs(1.0 - state["acc_ratio"] * self._gamma(state, obs))
 
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
-        if metric is None or obs.since_compute is None:
+        if metric is None or obs.since_compute is None or self.threshold <= 0:
             return True
         state["acc_ratio"] *= self._gamma(state, obs)
         state["acc_err"] = metric

@@ -35,6 +35,7 @@ class RelativeL1(Trigger):
     ``poly`` the rescaling polynomial (``coefficients``, numpy.poly1d order; ``None`` = identity).
     Skip while ``acc < threshold``; when ``acc >= threshold`` compute and reset ``acc`` to 0.
     The first step and, when the schedule is known, the last step always compute (and reset).
+    ``threshold=0`` never skips (a fitted polynomial may dip below 0, which would otherwise skip).
     Metric: the accumulated value ``acc + poly(d_n)`` the decision compares.
 
     All of this is as in the reference (``teacache_flux.py``: ``previous_modulated_input`` is
@@ -82,7 +83,7 @@ class RelativeL1(Trigger):
         return state["acc"] + rescaled
 
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
-        if metric is None or is_last_step(obs):
+        if metric is None or is_last_step(obs) or self.threshold <= 0:
             return True
         state["acc"] = metric
         return metric >= self.threshold

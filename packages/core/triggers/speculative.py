@@ -19,19 +19,23 @@ class Speculative(Trigger):
 
     strict late in sampling, where details form, and loose early. A rejected step is recomputed
     by the site. The first ``min_forecast`` forecasts after a compute are accepted unverified.
-    Metric: consecutive forecasts so far.
+    Metric: consecutive forecasts so far. ``threshold=0`` never forecasts (the floor
+    ``min_threshold`` would otherwise still accept small errors).
 
-    Verified against Shenyi-Z/Cache4Diffusion (commit 91a1949), ``flux/speca-flux/.../cal_type.py``:
+    The form of ``tau_t`` is the released code's (the paper text was not available to check it):
+    Shenyi-Z/Cache4Diffusion (commit 91a1949), ``flux/speca-flux/.../cal_type.py``:
     ``threshold = max(base_threshold * decay_rate ** (step / num_steps), 0.1)``; full compute when
     ``step < first_enhance`` (3), when ``taylor_step_counter >= max_taylor_steps``, or when the
     checked error exceeds the threshold; checks start once ``min_taylor_steps`` forecasts ran.
     Defaults are the DiT script's (``dit/speca-dit/sample.py``): threshold=0.1, decay=0.01,
     max_forecast=5, min_threshold=0.01 (its floor), warmup=3. The FLUX CLI uses threshold=7.0,
-    decay=0.3, max_forecast=8, floor 0.1, on a different error (below).
+    decay=0.3, max_forecast=8, floor 0.1, on a different error (below). The DiT script's progress
+    is ``(step + 1) / num_steps``; the FLUX one's ``step / num_steps`` is used here.
 
     Deviations: the reference measures a mean element-wise relative L1 error
-    (``mean(|pred - true| / |true|)``, heavy-tailed, hence FLUX's 7.0); here ``e`` is the norm
-    ratio the site computes, as in the paper's ``||F_pred - F|| / ||F||``. The reference stores the
+    (``mean(|pred - true| / |true|)``, heavy-tailed where ``true`` is near 0, so its thresholds do
+    not carry over); here ``e`` is the norm ratio the site computes, ``||F_pred - F|| / ||F||`` as
+    the survey states SpeCa's verifier (its eq. 56). The reference stores the
     error and recomputes at the NEXT step; here a rejected step is itself recomputed (the paper's
     rollback). Its ``min_taylor_steps=2`` skips verification to save compute; the site here
     verifies every forecast anyway, so ``min_forecast`` defaults to 0 (trust none).
@@ -75,7 +79,7 @@ class Speculative(Trigger):
         return None if obs.since_compute is None else float(obs.since_compute - 1)
 
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
-        if obs.since_compute is None or obs.step < self.warmup:
+        if obs.since_compute is None or obs.step < self.warmup or self.threshold <= 0:
             return True
         return obs.since_compute - 1 >= self.max_forecast
 

@@ -21,7 +21,8 @@ class TransformRate(Trigger):
     (computed or not) and ``v_c`` the last computed output; ``E += eps_n``; skip while
     ``E < threshold``, compute when ``E >= threshold`` (then ``E = 0``). The first ``warmup`` steps
     and, when the schedule is known, the last step compute; so does every step until ``k`` exists.
-    Metric: ``E + eps_n``.
+    Metric: ``E + eps_n``. ``threshold=0`` never skips (an unchanged input would otherwise give
+    ``E = 0``).
 
     Norms are mean absolute values, as in the reference (``easycache_sample_video.py`` and
     ``easycache_generate.py`` in H-EmbodVis/EasyCache, commit 5127804: ``raw_input_change`` uses
@@ -57,7 +58,7 @@ class TransformRate(Trigger):
         return state["acc"] + eps
 
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
-        if metric is None or is_last_step(obs):
+        if metric is None or is_last_step(obs) or self.threshold <= 0:
             return True
         state["acc"] = metric
         return metric >= self.threshold
