@@ -3,36 +3,46 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from .adapters.base import BlockIO
 
-def take_rows(value: Any, idx: torch.Tensor, batch: int) -> Any:
-    """``value`` restricted to rows ``idx``: tensors (and tuples/lists/dicts of them) whose first
-    dimension is the batch are indexed; everything else is passed as is."""
+
+def take_rows(value: Any, idx: torch.Tensor, batch: int, stacked: bool = False) -> Any:
+    """``value`` restricted to rows ``idx``: tensors (inside tuples, lists and dicts too) whose
+    first dimension is the batch are indexed (``stacked``: several copies of the batch, each
+    indexed); everything else passes as is."""
     if torch.is_tensor(value):
-        return value.index_select(0, idx.to(value.device)) if value.dim() > 0 and value.shape[0] == batch else value
+        if value.dim() == 0:
+            return value
+        idx = torch.as_tensor(idx, device=value.device)
+        if stacked and value.shape[0] % batch == 0 and value.shape[0] != batch:
+            return value.unflatten(0, (-1, batch))[:, idx].flatten(0, 1)
+        return value.index_select(0, idx) if value.shape[0] == batch else value
     if isinstance(value, (tuple, list)):
-        return type(value)(take_rows(v, idx, batch) for v in value)
+        return type(value)(take_rows(v, idx, batch, stacked) for v in value)
     if isinstance(value, dict):
-        return {k: take_rows(v, idx, batch) for k, v in value.items()}
+        return {k: take_rows(v, idx, batch, stacked) for k, v in value.items()}
     return value
 
 
-def slice_call(
-    bound: inspect.BoundArguments, idx: torch.Tensor, batch: int, unbatched: tuple[str, ...] = ()
-) -> tuple[tuple, dict]:
-    """Arguments of a bound call restricted to rows ``idx``, except those named in ``unbatched``
-    (tables without a batch dimension that may happen to be ``batch`` long)."""
-    arguments = {
-        name: value if name in unbatched else take_rows(value, idx, batch)
-        for name, value in bound.arguments.items()
+def select_rows(io: BlockIO, arguments: Mapping[str, Any], idx, batch: int) -> dict[str, Any]:
+    """Bound arguments of a block call restricted to rows ``idx``, by the block's convention:
+    ``io.unbatched`` arguments pass unchanged, ``io.stacked`` ones take the rows of every copy."""
+    return {
+        name: value if name in io.unbatched else take_rows(value, idx, batch, name in io.stacked)
+        for name, value in arguments.items()
     }
-    sliced = inspect.BoundArguments(bound.signature, arguments)
+
+
+def slice_call(bound: inspect.BoundArguments, idx: torch.Tensor, batch: int, io: BlockIO) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of a bound call restricted to rows ``idx``."""
+    sliced = inspect.BoundArguments(bound.signature, select_rows(io, bound.arguments, idx, batch))
     return sliced.args, sliced.kwargs
-
-
 def put_rows(full: torch.Tensor, idx: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
     """A copy of ``full`` whose rows ``idx`` are ``part``."""
     out = full.clone()

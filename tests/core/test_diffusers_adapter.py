@@ -17,7 +17,6 @@ from forecache.core.adapters import diffusers as registry  # noqa: E402
 from forecache.core.adapters.base import Block, BlockIO  # noqa: E402
 from forecache.core.adapters.diffusers import (  # noqa: E402
     DiffusersAdapter,
-    DiffusersBlockIO,
     UnknownModelError,
     adapter_for,
     call_arguments,
@@ -343,9 +342,9 @@ def test_sd3_last_block_drops_the_text_stream():
 
 def test_block_io_validation():
     with pytest.raises(ValueError, match="overlaps"):
-        DiffusersBlockIO(state=("hidden_states",), dropped=("hidden_states",))
+        BlockIO(state=("hidden_states",), dropped=("hidden_states",))
     with pytest.raises(ValueError, match="dropped"):
-        DiffusersBlockIO(state=("hidden_states",), returns=("encoder_hidden_states", "hidden_states"))
+        BlockIO(state=("hidden_states",), returns=("encoder_hidden_states", "hidden_states"))
 
 
 # -- timestep, batch, TeaCache signal ----------------------------------------------------------------------

@@ -17,20 +17,33 @@ class BlockIO:
     ``state`` names the inputs that flow from block to block (``hidden_states``, and
     ``encoder_hidden_states`` for dual-stream blocks). ``returns`` gives the order in which the block
     returns them; ``None`` means the block returns a bare tensor, the new value of ``state[0]``.
-    ``unbatched`` names tensor arguments without a batch dimension (rotary tables), which are never
-    sliced when only some rows of a batch compute.
+    ``unbatched`` names tensor arguments without a batch dimension (rotary tables), never sliced
+    when only some rows of a batch compute. Three conventions go beyond that:
+
+    - ``dropped``: streams a block consumes and returns as ``None`` (SD3's last joint block returns
+      ``(None, hidden_states)``): named in ``returns`` but not in ``state``, so the state shrinks;
+    - ``stacked``: arguments whose first dimension stacks the batch several times (Qwen-Image's
+      ``temb`` with ``zero_cond_t``): row selection takes the row from every copy;
+    - ``passthrough=False``: the output cannot stand in for the input (UNet blocks that resample and
+      return skip connections), so a skipped block cannot hand its input on.
     """
 
     state: tuple[str, ...] = ("hidden_states",)
     returns: tuple[str, ...] | None = None
     unbatched: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    stacked: tuple[str, ...] = ()
+    passthrough: bool = True
+    passthrough_note: str = ""
 
     def __post_init__(self) -> None:
         if not self.state:
             raise ValueError("BlockIO.state is empty: name at least the hidden-states argument")
-        if self.returns is not None and set(self.returns) != set(self.state):
+        if set(self.dropped) & set(self.state):
+            raise ValueError(f"dropped {self.dropped} overlaps state {self.state}: a stream either flows or is dropped")
+        if self.returns is not None and set(self.returns) != set(self.state) | set(self.dropped):
             raise ValueError(
-                f"BlockIO.returns {self.returns} must name the same arguments as state {self.state}"
+                f"returns {self.returns} must name exactly the state {self.state} plus the dropped streams {self.dropped}"
             )
 
     def bind(self, forward, args: tuple, kwargs: dict) -> inspect.BoundArguments:
@@ -50,10 +63,14 @@ class BlockIO:
         return tuple(by_name[n] for n in self.state)
 
     def make_output(self, state: tuple[torch.Tensor, ...]) -> Any:
+        if not self.passthrough:
+            raise NotImplementedError(
+                f"this block's output cannot be built from its state: {self.passthrough_note or 'passthrough=False'}"
+            )
         if self.returns is None:
             return state[0]
         by_name = dict(zip(self.state, state))
-        return tuple(by_name[n] for n in self.returns)
+        return tuple(by_name.get(n) for n in self.returns)  # dropped streams come back as None
 
 
 @dataclass

@@ -39,8 +39,8 @@ model receives sigma in [0, 1] and 1000.0 when it receives t in [0, 1000]:
 - UNet2DConditionModel: down_blocks, mid_block, up_blocks for the step clock, the batch and the block
   order; hs flows through them, but only the mid block may be passed through; t.
 
-Blocks with conventions plain :class:`BlockIO` cannot state use :class:`DiffusersBlockIO`; see
-:mod:`forecache.core.adapters.diffusers_io`.
+Blocks with unusual conventions use :class:`BlockIO`'s ``dropped``, ``stacked`` and
+``passthrough`` fields.
 """
 
 from __future__ import annotations
@@ -53,13 +53,12 @@ from torch import nn
 
 from .base import Adapter, BlockIO
 from .diffusers_adapter import DEFAULT_ROLES, DiffusersAdapter, call_arguments
-from .diffusers_io import DiffusersBlockIO, select_rows
+from ..rows import select_rows
 from .teacache_fits import COGVIDEOX, FLUX, HUNYUAN_VIDEO, LTX_VIDEO, WAN
 
 __all__ = [
     "DEFAULT_ROLES",
     "DiffusersAdapter",
-    "DiffusersBlockIO",
     "UnknownModelError",
     "adapter_for",
     "call_arguments",
@@ -106,7 +105,7 @@ def _temb(block: nn.Module, a: Mapping[str, Any]) -> torch.Tensor:
 _DUAL = ("hidden_states", "encoder_hidden_states")
 _TEXT_FIRST = ("encoder_hidden_states", "hidden_states")
 
-_SD3_LAST_IO = DiffusersBlockIO(state=("hidden_states",), returns=_TEXT_FIRST, dropped=("encoder_hidden_states",))
+_SD3_LAST_IO = BlockIO(state=("hidden_states",), returns=_TEXT_FIRST, dropped=("encoder_hidden_states",))
 
 
 def _sd3_io(attr: str, block: nn.Module, io: BlockIO) -> BlockIO:
@@ -118,7 +117,7 @@ def _qwen_io(attr: str, block: nn.Module, io: BlockIO) -> BlockIO:
     if not getattr(block, "zero_cond_t", False):
         return io
     # QwenImageTransformer2DModel.forward: timestep = cat([t, 0 * t]), so temb has rows [cond..., zero...]
-    return DiffusersBlockIO(state=io.state, returns=io.returns, unbatched=io.unbatched, stacked=("temb",))
+    return BlockIO(state=io.state, returns=io.returns, unbatched=io.unbatched, stacked=("temb",))
 
 
 _UNET_RESAMPLING_NOTE = (
@@ -130,7 +129,7 @@ _UNET_RESAMPLING_NOTE = (
 def _unet_io(attr: str, block: nn.Module, io: BlockIO) -> BlockIO:
     if attr == "mid_block":
         return io
-    return DiffusersBlockIO(passthrough=False, passthrough_note=_UNET_RESAMPLING_NOTE)
+    return BlockIO(passthrough=False, passthrough_note=_UNET_RESAMPLING_NOTE)
 
 
 # -- the built-in entries ---------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class Submodules(Selector):
                 if role not in found:
                     continue
                 args = (f"{block.name}.{role}", handle, found[role], self.trigger_for(policy, adapter, role), self.forecaster_for(policy, adapter))
-                common = {"window": self.window, "unbatched": block.io.unbatched}
+                common = {"window": self.window, "io": block.io}
                 if self.tokens is not None and role == "mlp":
                     site = TokenSite(*args, selection=self.tokens, layer=layer, layers=len(chosen), **common)
                 else:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..adapters.base import BlockIO
 from ..rows import put_rows, slice_call
 from .base import CallContext, RowPlan, Site
 
@@ -51,11 +52,11 @@ class ModuleSite(Site):
         trigger,
         forecaster,
         window: tuple[float, float] | None = None,
-        unbatched: tuple[str, ...] = (),
+        io: BlockIO = BlockIO(),
     ) -> None:
         super().__init__(name, handle, trigger, forecaster, window)
         self.module = module
-        self.unbatched = unbatched
+        self.io = io  # the enclosing block's convention: which arguments carry no batch
         self._template: Any = None
         self._signature: inspect.Signature | None = None
 
@@ -93,7 +94,7 @@ class ModuleSite(Site):
         if not bool(compute.any()):
             return forecast
         idx = compute.nonzero().flatten()
-        args, kwargs = slice_call(bound, idx, batch, self.unbatched)
+        args, kwargs = slice_call(bound, idx, batch, self.io)
         fresh, self._template = flatten(meter.run(key, len(idx), lambda: original(*args, **kwargs)))
         out = []
         for f, c in zip(fresh, forecast):

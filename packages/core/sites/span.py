@@ -72,6 +72,10 @@ class SpanSite(Site):
         self.adapter = adapter
         self.blocks = blocks
         self.r0, self.r1 = probe, len(blocks) - tail
+        # a block may drop a stream (SD3's last block): outputs are matched to inputs by name
+        names = blocks[self.r0].io.state
+        self._region_at = [names.index(n) for n in blocks[self.r1 - 1].io.state]
+        self._span_at = [names.index(n) for n in blocks[-1].io.state]
         self._orig: list[Any] = []
         self._pass: _Pass | None = None
         self._verify_rows: dict[tuple[int, int], Any] = {}
@@ -131,11 +135,12 @@ class SpanSite(Site):
         p.compute = torch.tensor([pl.compute for pl in p.plans])
 
     def _finish_region(self, p: _Pass, out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        residual = tuple(o - x for o, x in zip(out, p.region_in))
+        region_in = tuple(p.region_in[i] for i in self._region_at)
+        residual = tuple(o - x for o, x in zip(out, region_in))
         final = list(out)
         for r, plan in enumerate(p.plans):
             if not plan.compute:
-                for c, x in enumerate(p.region_in):
+                for c, x in enumerate(region_in):
                     final[c] = put_rows(final[c], torch.tensor([r]), row(x, r) + plan.value[c])
         if not self.trigger.verifies:
             self.observe(p.ctx, p.plans, p.region_in[0], out, residual)
@@ -157,7 +162,7 @@ class SpanSite(Site):
         if not bool(compute.any()):
             return io.make_output(state)
         idx = compute.nonzero().flatten()
-        args, kwargs = slice_call(bound, idx, batch, io.unbatched)
+        args, kwargs = slice_call(bound, idx, batch, io)
         part = io.state_out(meter.run(key, len(idx), lambda: self._orig[i](*args, **kwargs)))
         return io.make_output(tuple(put_rows(s, idx, q) for s, q in zip(state, part)))
 
@@ -165,18 +170,17 @@ class SpanSite(Site):
         """Rows ``idx`` through blocks ``first..last-1`` again, from ``state`` (batch-sized); the
         blocks' other arguments are the ones this call already gave them."""
         p = self._pass
+        named = dict(zip(self.blocks[first].io.state, state))
         for j in range(first, last):
             io = self.blocks[j].io
             bound = p.bound[j]
-            arguments = dict(bound.arguments)
-            arguments.update(zip(io.state, state))
-            rebound = type(bound)(bound.signature, arguments)
-            args, kwargs = slice_call(rebound, idx, p.ctx.batch, io.unbatched)
+            rebound = type(bound)(bound.signature, {**bound.arguments, **{n: named[n] for n in io.state}})
+            args, kwargs = slice_call(rebound, idx, p.ctx.batch, io)
             part = io.state_out(self._orig[j](*args, **kwargs))
-            key = (self.name, j, tuple(tuple(s.shape[1:]) for s in state if torch.is_tensor(s)))
+            key = (self.name, j, tuple(tuple(named[n].shape[1:]) for n in io.state))
             self.handle.extra(key, len(idx))
-            state = tuple(put_rows(s, idx, q) for s, q in zip(state, part))
-        return state
+            named = {n: put_rows(named[n], idx, q) for n, q in zip(io.state, part)}
+        return tuple(named.values())
 
     # -- forecast-then-verify (SpeCa) -----------------------------------------------------------
     def _verify(self, span_out: tuple[torch.Tensor, ...], out: Any):
@@ -207,7 +211,8 @@ class SpanSite(Site):
             io = self.blocks[-1].io
             region_state = self._rerun(idx, self.r0, self.r1, p.region_in)
             tail_state = self._rerun(idx, self.r1, len(self.blocks), region_state)
-            residual = tuple(put_rows(res, idx, row_sel(rs, idx) - row_sel(x, idx)) for res, rs, x in zip(residual, region_state, p.region_in))
+            region_in = tuple(p.region_in[i] for i in self._region_at)
+            residual = tuple(put_rows(res, idx, row_sel(rs, idx) - row_sel(x, idx)) for res, rs, x in zip(residual, region_state, region_in))
             region_out = tuple(put_rows(a, idx, row_sel(b, idx)) for a, b in zip(region_out, region_state))
             span_out = tuple(put_rows(a, idx, row_sel(b, idx)) for a, b in zip(span_out, tail_state))
             for r in rejected:
@@ -216,7 +221,7 @@ class SpanSite(Site):
         self.observe(ctx, plans, p.region_in[0], region_out, residual)
         for r, plan in enumerate(plans):
             if plan.compute:
-                full = tuple(row(o, r) - row(x, r) for o, x in zip(span_out, p.region_in))
+                full = tuple(row(o, r) - row(p.region_in[i], r) for o, i in zip(span_out, self._span_at))
                 self._verify_history(ctx.branch, r).record(ctx.step, ctx.t, full)
         return out
 
