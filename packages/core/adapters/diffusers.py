@@ -54,6 +54,7 @@ from torch import nn
 from .base import Adapter, BlockIO
 from .diffusers_adapter import DEFAULT_ROLES, DiffusersAdapter, call_arguments
 from ..rows import select_rows
+from ..triggers.magnitude import FLUX_MAG_PROFILE
 from .teacache_fits import COGVIDEOX, FLUX, HUNYUAN_VIDEO, LTX_VIDEO, WAN
 
 __all__ = [
@@ -144,6 +145,7 @@ FLUX_ADAPTER = DiffusersAdapter(
     modulation=_adaln_zero_input,
     roles=(("attn", ("attn",)), ("mlp", ("ff", "proj_mlp")), ("mlp_context", ("ff_context",))),
     teacache_fits=FLUX,
+    magcache_ratios=FLUX_MAG_PROFILE,
     source=_T + "transformer_flux.py: FluxTransformer2DModel.forward, FluxTransformerBlock.forward, "
     "FluxSingleTransformerBlock.forward; FluxPipeline passes timestep=t/1000",
     doc="Dual-stream then single-stream blocks; both take (hidden_states, encoder_hidden_states, temb, "

@@ -66,6 +66,8 @@ class DiffusersAdapter(Adapter):
     roles: Roles = DEFAULT_ROLES
     teacache_fits: tuple[TeaCacheFit, ...] = ()
     teacache_coefficients: tuple[float, ...] | None = None
+    #: MagCache's published magnitude-ratio profile for the class (a MagnitudeProfile), if any
+    magcache_ratios: Any = None
     #: where the convention was read
     source: str = ""
     doc: str = field(default="", repr=False)

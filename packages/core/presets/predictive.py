@@ -85,15 +85,28 @@ def freqca(interval: int = 5, warmup: int = 3, cutoff: float = 0.1, crf: bool = 
     )
 
 
-def speca(threshold: float = 0.1, max_forecast: int = 5, order: int = 2, verify_blocks: int = 1, **options) -> Policy:
+def speca(
+    threshold: float = 0.1,
+    max_forecast: int = 5,
+    decay: float = 0.01,
+    min_threshold: float = 0.01,
+    warmup: int = 3,
+    order: int = 2,
+    verify_blocks: int = 1,
+    **options,
+) -> Policy:
     """SpeCa: Speculative Feature Caching (arXiv 2509.11628).
 
     The block stack's residual is forecast with TaylorSeer; each forecast step is verified by
     running the last ``verify_blocks`` blocks for real on the forecast and comparing them with the
     forecast of their output. A relative error over the (time-dependent) threshold rolls the step
-    back to a full computation. ``threshold=0`` never accepts a forecast.
+    back to a full computation. The threshold is ``max(threshold · decay^(step/steps),
+    min_threshold)``; defaults are the reference DiT script's (see ``Speculative``).
+    ``threshold=0`` never accepts a forecast.
     """
     return Policy(
-        where=Blocks(tail=verify_blocks), when=Speculative(threshold, max_forecast), what=Taylor(order),
+        where=Blocks(tail=verify_blocks),
+        when=Speculative(threshold, max_forecast, decay, min_threshold, warmup),
+        what=Taylor(order),
         name="speca", paper="arXiv:2509.11628", **options,
     )
