@@ -11,13 +11,15 @@ from .handle import CacheHandle
 from .policy import Policy
 
 
-def apply(model: Any, policy: Policy, adapter: Adapter | None = None) -> CacheHandle:
+def apply(model: Any, policy: Policy, adapter: Adapter | None = None, count_flops: bool = True) -> CacheHandle:
     """Cache ``model`` (an ``nn.Module`` or a diffusers pipeline) under ``policy``.
 
     With a pipeline, the denoiser (``pipe.transformer`` or ``pipe.unet``) is cached and the
     scheduler's ``set_timesteps`` is watched, so the handle knows each generation's schedule.
     ``adapter`` defaults to the diffusers registry entry of the model's class. Returns the
-    handle; ``handle.remove()`` restores the model exactly.
+    handle; ``handle.remove()`` restores the model exactly. ``count_flops=False`` skips the one
+    FlopCounterMode-instrumented call per input shape that ``stats().compute_ratio`` needs (use it
+    when timing).
     """
     if not isinstance(policy, Policy):
         raise ValueError(f"policy={policy!r} is not a Policy; use a preset such as forecache.core.teacache()")
@@ -38,4 +40,4 @@ def apply(model: Any, policy: Policy, adapter: Adapter | None = None) -> CacheHa
     if not isinstance(adapter, Adapter):
         raise ValueError(f"adapter={adapter!r} is not a forecache Adapter")
     policy.validate()
-    return CacheHandle(model, policy, adapter, scheduler)
+    return CacheHandle(model, policy, adapter, scheduler, count_flops)

@@ -13,11 +13,12 @@ class FlopMeter:
     at a given shape (the batch dimension excluded), then reused: counting every call would cost
     a Python dispatch per op."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._per_row: dict[Hashable, float] = {}
 
     def run(self, key: Hashable, rows: int, fn: Callable[[], Any]) -> Any:
-        if key in self._per_row or rows <= 0:
+        if not self.enabled or key in self._per_row or rows <= 0:
             return fn()
         with FlopCounterMode(display=False) as mode:
             out = fn()

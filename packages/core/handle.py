@@ -30,14 +30,16 @@ class CacheHandle:
     two models never see each other. ``remove()`` restores the model's original forwards exactly.
     """
 
-    def __init__(self, model: nn.Module, policy, adapter: Adapter, scheduler: Any = None) -> None:
+    def __init__(
+        self, model: nn.Module, policy, adapter: Adapter, scheduler: Any = None, count_flops: bool = True
+    ) -> None:
         self.model = model
         self.policy = policy
         self.adapter = adapter
         self.storage = Storage(policy.storage_dtype, policy.max_cache_bytes)
-        self.meter = FlopMeter()
+        self.meter = FlopMeter(count_flops)
         self.clock = StepClock()
-        self._stats = Stats()
+        self._stats = Stats(flops_counted=count_flops)
         self._trace = Trace()
         self._ctx: CallContext | None = None
         self._fired = False
@@ -237,6 +239,8 @@ class CacheHandle:
     def skipped(self, key, rows: int) -> None:
         per_row = self.meter.per_row(key)
         if per_row is None:
+            if not self.meter.enabled:
+                return
             log.warning("forecache: no FLOP count yet for %s; its skip is not counted in stats()", key[:2])
             return
         self._stats.flops_skipped += per_row * rows
@@ -259,7 +263,7 @@ class CacheHandle:
         return self._trace
 
     def clear_telemetry(self) -> None:
-        self._stats = Stats()
+        self._stats = Stats(flops_counted=count_flops)
         self._trace = Trace()
         self.storage.reset_peak()
 
