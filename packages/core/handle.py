@@ -51,6 +51,8 @@ class CacheHandle:
         self._scheduler = scheduler
         self.sites: list[Site] = []
         self._root_sites: list[Site] = []
+        self._checks: list[tuple] = []
+        self.recomputing = False
         self.removed = False
         try:
             for selector in policy.selectors:
@@ -181,8 +183,12 @@ class CacheHandle:
             call = functools.partial(site.intercept, call)
         try:
             out = self.meter.run(key, batch, lambda: call(*args, **kwargs))
+            if self._checks:
+                out = self._settle(key, batch, call, args, kwargs, out)
         finally:
             self._ctx = None
+            self._checks.clear()
+            self.recomputing = False
         self._stats.calls += 1
         self._stats.flops_full += (self.meter.per_row(key) or 0.0) * batch
         self._stats.peak_cache_bytes = max(self._stats.peak_cache_bytes, self.storage.peak_bytes)
@@ -193,6 +199,26 @@ class CacheHandle:
                 f"site ({names}): the adapter's blocks are not the ones this forward runs. "
                 "Register the right adapter (forecache.core.adapters.diffusers.register) or pass adapter="
             )
+        return out
+
+    def check_finite(self, site: Site, ctx: CallContext, r: int, value: tuple[torch.Tensor, ...]) -> None:
+        """Queue a forecast's finiteness, as a device tensor: checked once per model call."""
+        flag = torch.stack([torch.isfinite(p).all() for p in value]).all()
+        self._checks.append((site, ctx, r, flag))
+
+    def _settle(self, key, batch: int, call: Callable, args: tuple, kwargs: dict, out: Any) -> Any:
+        """One synchronisation for all forecasts of the call; if any had NaN/Inf, the whole step
+        is computed again with every site computing, and the bad forecasts are recorded."""
+        flags = torch.stack([c[3].to("cpu") for c in self._checks]).tolist()
+        bad = [c for c, ok in zip(self._checks, flags) if not ok]
+        self._checks.clear()
+        if not bad:
+            return out
+        for site, ctx, r, _ in bad:
+            self.record(site, ctx, r, "nonfinite", None)
+        self.recomputing = True
+        out = call(*args, **kwargs)
+        self._stats.flops_extra += (self.meter.per_row(key) or 0.0) * batch
         return out
 
     @staticmethod
@@ -226,15 +252,16 @@ class CacheHandle:
         d = Decision(ctx.generation, ctx.step, ctx.branch, r, site.name, ctx.t, action, metric)
         self._trace.append(d)
         s = self._stats.sites[site.name]
-        if action == "rejected":
+        if action in ("rejected", "nonfinite"):  # a cached row that was computed after all
             s["cached"] -= 1
-            self._stats.rejected_forecasts += 1
+            if action == "rejected":
+                self._stats.rejected_forecasts += 1
+            else:
+                self._stats.nonfinite_recomputes += 1
+                log.warning("forecache: non-finite forecast at %s step %d row %d; step recomputed", site.name, ctx.step, r)
             return
         s["rows"] += 1
         s["cached"] += 0 if d.computed else 1
-        if action == "nonfinite":
-            self._stats.nonfinite_recomputes += 1
-            log.warning("forecache: non-finite forecast at %s step %d row %d; recomputed", site.name, ctx.step, r)
 
     def skipped(self, key, rows: int) -> None:
         per_row = self.meter.per_row(key)

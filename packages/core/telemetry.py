@@ -20,9 +20,10 @@ class Decision:
     t: float
     action: str
     """``compute``; ``warmup`` (computed: not enough history to forecast); ``window`` (computed:
-    outside the site's active time window); ``cached`` (reused or forecast); ``nonfinite``
-    (a forecast had NaN/Inf, so the row computed); ``rejected`` (a verified forecast failed
-    and the row was recomputed)."""
+    outside the site's active time window); ``cached`` (reused or forecast). Two more follow a
+    ``cached`` record of the same row and step and say it was computed after all: ``nonfinite``
+    (the forecast had NaN/Inf, so the whole step was recomputed) and ``rejected`` (a verified
+    forecast failed and the row was recomputed)."""
     metric: float | None = None
 
     COMPUTED = frozenset({"compute", "warmup", "window", "nonfinite", "rejected"})

@@ -78,7 +78,7 @@ def weighted_sum(values: Sequence[torch.Tensor], weights: Sequence[float]) -> to
     dtype = compute_dtype(values[-1])
     out = values[0].to(dtype) * weights[0]
     for v, w in zip(values[1:], weights[1:]):
-        out.add_(v.to(dtype), alpha=w)
+        out.add_(v, alpha=w)  # promotes in place: no temporary copy of v
     return out
 
 

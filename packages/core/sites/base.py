@@ -37,10 +37,6 @@ class RowPlan:
     value: tuple[torch.Tensor, ...] | None = None
 
 
-def finite(parts: tuple[torch.Tensor, ...]) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in parts)
-
-
 class Site:
     """Common machinery of every site: per (branch, row) histories, asking the trigger, forecasting,
     the NaN/Inf guard, and reporting each decision to the handle.
@@ -95,21 +91,19 @@ class Site:
     ) -> list[RowPlan]:
         """Ask the trigger for every row and forecast the rows that will not compute.
 
-        Forecasts take the dtype and device of ``like``. A forecast with NaN/Inf turns the row
-        into a compute and is recorded.
+        Forecasts take the dtype and device of ``like``. Their finiteness is checked once per model
+        call, not here (a check here would synchronise the GPU at every site): a NaN/Inf forecast
+        makes the handle recompute the whole step, with every row of every site computing.
         """
         plans = []
+        if self.handle.recomputing:  # a forecast of this step was not finite: everything computes
+            rows = rows if rows is not None else range(ctx.batch)
+            return [RowPlan(True, self._observation(ctx, r, signal)) for r in rows]
         level = ctx.t / self.handle.adapter.time_unit
         in_window = self.window is None or self.window[0] <= level <= self.window[1]
         for r in rows if rows is not None else range(ctx.batch):
             hist = self.history(ctx.branch, r)
-            obs = Observation(
-                step=ctx.step,
-                t=ctx.t,
-                timesteps=ctx.timesteps,
-                since_compute=hist.since_compute(ctx.step),
-                signal=row(signal, r),
-            )
+            obs = self._observation(ctx, r, signal)
             if not in_window:
                 plans.append(RowPlan(True, obs))
                 self.handle.record(self, ctx, r, "window", None)
@@ -120,11 +114,19 @@ class Site:
             value = None
             if not compute:
                 value = hist.forecast(self.forecaster, ctx.t, like.dtype, like.device)
-                if not finite(value):
-                    compute, value, action = True, None, "nonfinite"
+                self.handle.check_finite(self, ctx, r, value)
             plans.append(RowPlan(compute, obs, value))
             self.handle.record(self, ctx, r, action, metric)
         return plans
+
+    def _observation(self, ctx: CallContext, r: int, signal: torch.Tensor | None) -> Observation:
+        return Observation(
+            step=ctx.step,
+            t=ctx.t,
+            timesteps=ctx.timesteps,
+            since_compute=self.history(ctx.branch, r).since_compute(ctx.step),
+            signal=row(signal, r),
+        )
 
     def observe(
         self,
