@@ -44,5 +44,6 @@ from .storage import CacheBudgetError
 __all__ = [
     "Adapter", "Block", "BlockIO", "Blocks", "CacheBudgetError", "CacheHandle", "CfgBranch", "PRESETS",
     "Policy", "Submodules", "TokenSelection", "UNetBranch", "apply",
-    *PRESETS,
+    "abcache", "dbcache", "deepcache", "delta_dit", "easycache", "fastercache", "fbcache", "foca",
+    "fora", "foresight", "freqca", "hicache", "magcache", "pab", "speca", "taylorseer", "teacache", "toca",
 ]

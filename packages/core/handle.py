@@ -290,7 +290,7 @@ class CacheHandle:
         return self._trace
 
     def clear_telemetry(self) -> None:
-        self._stats = Stats(flops_counted=count_flops)
+        self._stats = Stats(flops_counted=self.meter.enabled)
         self._trace = Trace()
         self.storage.reset_peak()
 

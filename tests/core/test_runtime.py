@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import forecache.core as fc
-from forecache.core.forecasters import Forecaster, Reuse
+from forecache.core.forecasters import Forecaster
 from forecache.core.testing.toy import ToyAdapter, ToyTransformer, sample, toy_inputs
 from forecache.core.triggers import Interval
 from forecache.core.triggers.base import Trigger
@@ -216,6 +216,8 @@ def test_trace_and_stats_export(toy, inputs, adapter, tmp_path):
     stats = handle.stats().as_dict()
     assert 0 < stats["compute_ratio"] < 1 and stats["peak_cache_bytes"] > 0
     assert "compute ratio" in str(handle.stats())
+    handle.clear_telemetry()
+    assert handle.stats().calls == 0 and len(handle.trace()) == 0
     handle.remove()
 
 
@@ -245,3 +247,39 @@ def test_pipeline_schedule_is_learnt_from_the_scheduler(toy, inputs, adapter):
     assert computed[-2:] == [True, True] and not all(computed)
     handle.remove()
     assert "set_timesteps" not in pipe.scheduler.__dict__
+
+
+def sample_batched_cfg(model, inputs, guidance=3.0):
+    """CFG as one call over [uncond; cond] rows, as diffusers pipelines batch it."""
+    x, ctx = inputs["hidden_states"], inputs["encoder_hidden_states"]
+    ts = [float(t) for t in STEPS] + [0.0]
+    with torch.no_grad():
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            both = model(
+                hidden_states=torch.cat([x, x]),
+                encoder_hidden_states=torch.cat([torch.zeros_like(ctx), ctx]),
+                timestep=torch.full((2 * x.shape[0],), t),
+            )
+            v_u, v_c = both.chunk(2)
+            x = x + (t_next - t) * (v_u + guidance * (v_c - v_u))
+    return x
+
+
+def test_cfg_cache_in_one_batched_call(toy, adapter):
+    """FasterCache's CFG-Cache with the batch layout: at cached steps only the cond rows run."""
+    inputs = toy_inputs(batch=1)
+    ref = sample_batched_cfg(toy, inputs)
+    never = fc.fastercache(attention_interval=1, uncond_interval=1, cfg_layout="batched", uncond=0)
+    handle = fc.apply(toy, never, adapter)
+    assert torch.equal(sample_batched_cfg(toy, inputs), ref)
+    handle.remove()
+    policy = fc.fastercache(attention_interval=1, uncond_interval=3, cfg_layout="batched", uncond=0,
+                            uncond_window=(0.0, 1.0))
+    handle = fc.apply(toy, policy, adapter)
+    out = sample_batched_cfg(toy, inputs)
+    uncond = [d for d in handle.trace() if d.site == "cfg.uncond"]
+    assert [d.computed for d in uncond] == [True, False, False] * 4
+    assert handle.stats().compute_ratio < 0.8  # an uncond row skipped is half of that call
+    rel = float((out - ref).norm() / ref.norm())
+    assert 0 < rel < 0.2
+    handle.remove()
