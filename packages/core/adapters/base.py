@@ -86,10 +86,29 @@ _SIGNATURES: dict[Any, inspect.Signature] = {}
 
 
 def _signature(fn) -> inspect.Signature:
-    key = getattr(fn, "__func__", fn)
+    # a bound method's signature lacks `self`: cache it apart from its function's
+    key = (getattr(fn, "__func__", fn), hasattr(fn, "__self__"))
     if key not in _SIGNATURES:
         _SIGNATURES[key] = inspect.signature(fn)
     return _SIGNATURES[key]
+
+
+def call_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of a call ``module(*args, **kwargs)`` by parameter name.
+
+    Binds against the class's ``forward``, not ``module.forward``: a runtime that wraps forward on
+    the instance would otherwise hide the parameter names behind ``(*args, **kwargs)``.
+    """
+    return dict(_signature(type(module).forward).bind_partial(module, *args, **kwargs).arguments)
+
+
+#: role -> attribute names tried in order, for submodule selectors
+DEFAULT_ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attn", ("attn1", "attn", "self_attn")),
+    ("cross_attn", ("attn2", "cross_attn")),
+    ("mlp", ("ff", "mlp", "proj_mlp")),
+    ("mlp_context", ("ff_context",)),
+)
 
 
 class Adapter:
@@ -107,6 +126,8 @@ class Adapter:
     timestep_args: tuple[str, ...] = ("timestep", "t")
     #: the model's main input, whose first dimension is the batch
     hidden_arg: str = "hidden_states"
+    #: submodule roles -> attribute names tried in order (see :meth:`submodules`)
+    roles: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_ROLES
     #: TeaCache polynomial coefficients published for this model class (highest power first), if any
     teacache_coefficients: tuple[float, ...] | None = None
     #: MagCache's calibrated magnitude-ratio profile for this model class, if published
@@ -118,11 +139,13 @@ class Adapter:
     def blocks(self, model: nn.Module) -> list[Block]:
         out: list[Block] = []
         for attr in self.block_attrs:
-            seq = getattr(model, attr, None)
-            if seq is None:
+            found = getattr(model, attr, None)
+            if found is None:
                 continue
-            for i, m in enumerate(seq):
-                out.append(Block(f"{attr}.{i}", m, self.block_io(attr, m)))
+            if isinstance(found, nn.ModuleList | nn.Sequential):
+                out.extend(Block(f"{attr}.{i}", m, self.block_io(attr, m)) for i, m in enumerate(found))
+            else:  # a single block held directly, such as a UNet's mid_block
+                out.append(Block(attr, found, self.block_io(attr, found)))
         if not out:
             raise ValueError(
                 f"{type(self).__name__} found no blocks on {type(model).__name__} "
@@ -134,14 +157,11 @@ class Adapter:
         return self.io
 
     def timestep(self, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | float | None:
-        bound = _signature(model.forward).bind_partial(*args, **kwargs).arguments
-        for name in self.timestep_args:
-            if bound.get(name) is not None:
-                return bound[name]
-        return None
+        bound = call_arguments(model, args, kwargs)
+        return next((bound[n] for n in self.timestep_args if bound.get(n) is not None), None)
 
     def batch_size(self, model: nn.Module, args: tuple, kwargs: dict) -> int:
-        bound = _signature(model.forward).bind_partial(*args, **kwargs).arguments
+        bound = call_arguments(model, args, kwargs)
         x = bound.get(self.hidden_arg)
         if x is None:
             x = next((v for v in bound.values() if torch.is_tensor(v)), None)
@@ -153,19 +173,14 @@ class Adapter:
         """Named submodules of a block by role: ``attn``, ``cross_attn``, ``temporal_attn``, ``mlp``,
         and role-suffixed extras such as ``mlp_context``. Used by submodule selectors (FORA, PAB,
         ToCa, TaylorSeer)."""
-        roles: dict[str, nn.Module] = {}
-        for role, names in (
-            ("attn", ("attn1", "attn", "self_attn")),
-            ("cross_attn", ("attn2", "cross_attn")),
-            ("mlp", ("ff", "mlp", "proj_mlp")),
-            ("mlp_context", ("ff_context",)),
-        ):
+        found: dict[str, nn.Module] = {}
+        for role, names in self.roles:
             for n in names:
-                m = getattr(block.module, n, None)
-                if isinstance(m, nn.Module):
-                    roles[role] = m
+                module = getattr(block.module, n, None)
+                if isinstance(module, nn.Module):  # SD3's last block holds ff_context = None
+                    found[role] = module
                     break
-        return roles
+        return found
 
     def modulated_input(self, block: Block, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """TeaCache's signal: the first block's input after timestep modulation. ``None`` means the

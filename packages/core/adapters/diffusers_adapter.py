@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,34 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Adapter, Block, BlockIO
+from .base import DEFAULT_ROLES, Adapter, Block, BlockIO, call_arguments
 from .teacache_fits import TeaCacheFit, select_fit
 
 __all__ = ["DEFAULT_ROLES", "DiffusersAdapter", "call_arguments"]
 
 Roles = tuple[tuple[str, tuple[str, ...]], ...]
-
-#: the base adapter's role lookup: role -> attribute names tried in order
-DEFAULT_ROLES: Roles = (
-    ("attn", ("attn1", "attn", "self_attn")),
-    ("cross_attn", ("attn2", "cross_attn")),
-    ("mlp", ("ff", "mlp", "proj_mlp")),
-    ("mlp_context", ("ff_context",)),
-)
-
-_SIGNATURES: dict[type, inspect.Signature] = {}
-
-
-def call_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """The arguments of a call ``module(*args, **kwargs)`` by parameter name.
-
-    Binds against the class's ``forward``, not ``module.forward``, because a runtime that wraps forward
-    on the instance would otherwise hide the parameter names behind ``(*args, **kwargs)``.
-    """
-    cls = type(module)
-    if cls not in _SIGNATURES:
-        _SIGNATURES[cls] = inspect.signature(cls.forward)
-    return dict(_SIGNATURES[cls].bind_partial(module, *args, **kwargs).arguments)
 
 
 @dataclass(frozen=True)
@@ -102,48 +79,8 @@ class DiffusersAdapter(Adapter):
         known = [f.checkpoint for f in self.teacache_fits] or "none"
         raise KeyError(f"{self.name} has no TeaCache fit named {checkpoint!r}; published fits: {known}")
 
-    def blocks(self, model: nn.Module) -> list[Block]:
-        out: list[Block] = []
-        for attr in self.block_attrs:
-            found = getattr(model, attr, None)
-            if found is None:
-                continue
-            if isinstance(found, nn.ModuleList | nn.Sequential):
-                out.extend(Block(f"{attr}.{i}", m, self.block_io(attr, m)) for i, m in enumerate(found))
-            else:  # a single block held directly, such as a UNet's mid_block
-                out.append(Block(attr, found, self.block_io(attr, found)))
-        if not out:
-            raise ValueError(
-                f"adapter {self.name!r} found no blocks on {type(model).__name__} (looked for attributes "
-                f"{self.block_attrs}); register an adapter whose block_attrs name them"
-            )
-        return out
-
     def block_io(self, attr: str, block: nn.Module) -> BlockIO:
         return self.io if self.io_for is None else self.io_for(attr, block, self.io)
-
-    def timestep(self, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | float | None:
-        bound = call_arguments(model, args, kwargs)
-        return next((bound[n] for n in self.timestep_args if bound.get(n) is not None), None)
-
-    def batch_size(self, model: nn.Module, args: tuple, kwargs: dict) -> int:
-        bound = call_arguments(model, args, kwargs)
-        x = bound.get(self.hidden_arg)
-        if x is None:
-            x = next((v for v in bound.values() if torch.is_tensor(v)), None)
-        if x is None:
-            raise TypeError(f"cannot find the batch: the call has no tensor argument '{self.hidden_arg}'")
-        return int(x.shape[0])
-
-    def submodules(self, block: Block) -> dict[str, nn.Module]:
-        found: dict[str, nn.Module] = {}
-        for role, names in self.roles:
-            for n in names:
-                module = getattr(block.module, n, None)
-                if isinstance(module, nn.Module):  # SD3's last block holds ff_context = None
-                    found[role] = module
-                    break
-        return found
 
     def modulated_input(self, block: Block, args: tuple, kwargs: dict) -> torch.Tensor | None:
         if self.modulation is None:

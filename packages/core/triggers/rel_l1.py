@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._common import check, check_real, is_last_step, relative_l1, snapshot
-from .base import Observation, Trigger
+from ._common import check, check_real, relative_l1, snapshot
+from .accumulate import Accumulating
+from .base import Observation
 
 #: TeaCache's rescaling polynomial for FLUX.1 (numpy.poly1d order, highest power first), fitted
 #: from the modulated-input change to the output change. Source: ali-vilab/TeaCache
@@ -22,7 +23,7 @@ TEACACHE_FLUX_COEFFICIENTS: tuple[float, ...] = (
 )
 
 
-class RelativeL1(Trigger):
+class RelativeL1(Accumulating):
     """TeaCache (arXiv 2411.19108): compute when the accumulated estimate of output change is big.
 
     ``coefficients=None`` takes the polynomial the model's adapter publishes (:meth:`bind`), else
@@ -81,12 +82,6 @@ class RelativeL1(Trigger):
         change = relative_l1(obs.signal, state["prev"])
         rescaled = change if self._poly is None else float(self._poly(change))
         return state["acc"] + rescaled
-
-    def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
-        if metric is None or is_last_step(obs) or self.threshold <= 0:
-            return True
-        state["acc"] = metric
-        return metric >= self.threshold
 
     def observe(
         self,

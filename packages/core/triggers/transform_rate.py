@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _TINY, check_int, check_real, is_last_step, mean_abs, mean_abs_diff, snapshot
-from .base import Observation, Trigger
+from ._common import _TINY, check_int, check_real, mean_abs, mean_abs_diff, snapshot
+from .accumulate import Accumulating
+from .base import Observation
 
 
-class TransformRate(Trigger):
+class TransformRate(Accumulating):
     """EasyCache (arXiv 2507.02860): the output changes about ``k`` times as much as the input, with
     ``k`` nearly constant along the trajectory, so input changes predict when a reused
     transformation ``v - x`` has gone stale. Needs no calibration.
@@ -56,12 +57,6 @@ class TransformRate(Trigger):
             return None
         eps = state["k"] * mean_abs_diff(x, state["prev_x"]) / max(mean_abs(state["v_c"]), _TINY)
         return state["acc"] + eps
-
-    def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
-        if metric is None or is_last_step(obs) or self.threshold <= 0:
-            return True
-        state["acc"] = metric
-        return metric >= self.threshold
 
     def observe(
         self,
