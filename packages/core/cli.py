@@ -1,5 +1,4 @@
-"""The `forecache` command. Benchmarks (`bench`, `report`) and `calibrate` arrive with the
-benchmark harness; for now it lists what is available."""
+"""The `forecache` command: `presets`, `bench`, `report`."""
 
 from __future__ import annotations
 
@@ -17,10 +16,41 @@ def _presets(_: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import discovery, report, runner
+
+    results = []
+    for bench in discovery.benchmarks(args.domain):
+        result = runner.run_benchmark(bench, quick=args.quick, only=args.methods, repeats=args.repeats)
+        path = report.write(result, args.out)
+        print(f"wrote {path} (+ .md, .png)")
+        results.append(result)
+    print(report.summary(results))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .bench import report
+
+    md, page = report.gather(args.dir)
+    print(f"wrote {md} and {page}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="forecache", description="Training-free diffusion caching.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("presets", help="list the named methods and their papers").set_defaults(run=_presets)
+    bench = sub.add_parser("bench", help="benchmark a domain's methods and peers against the uncached model")
+    bench.add_argument("domain", help="a domain with registered benchmarks (e.g. core), or 'all'")
+    bench.add_argument("--quick", action="store_true", help="fewer inputs and settings")
+    bench.add_argument("--methods", nargs="+", help="only these methods (names as in the JSON)")
+    bench.add_argument("--out", default="bench-out", help="results folder (default: bench-out)")
+    bench.add_argument("--repeats", type=int, help="timed baseline/method pairs (default 3, quick 2)")
+    bench.set_defaults(run=_bench)
+    rep = sub.add_parser("report", help="gather every domain's results into one Markdown and HTML page")
+    rep.add_argument("dir", nargs="?", default="bench-out")
+    rep.set_defaults(run=_report)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,144 @@
+"""Measure a benchmark: the uncached baseline and every method, in one process, the same way.
+
+- FLOPs: counted with FlopCounterMode on the actual runs, on the benchmark's denoiser only (the
+  text encoders and decoders that no method touches are left out of both sides).
+- Wall time: baseline and method interleaved, ``repeats`` pairs, median of each; forecache
+  methods are timed with ``count_flops=False`` so the FLOP instrumentation is not timed.
+- Fidelity: each method's outputs against the uncached outputs of the same seeds and inputs;
+  task metrics measured on both.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+from ..handle import CacheHandle
+from .protocol import Benchmark, Method
+
+SCHEMA = 1
+
+
+def _undo(enabled: Any) -> None:
+    if isinstance(enabled, CacheHandle):
+        enabled.remove()
+    elif callable(enabled):
+        enabled()
+
+
+def _counted(bench: Benchmark) -> tuple[Any, float]:
+    """Outputs of one ``generate()`` and the FLOPs its denoiser executed."""
+    name = type(bench.denoiser()).__name__
+    with FlopCounterMode(display=False) as mode:
+        out = bench.generate()
+    return out, float(sum(mode.get_flop_counts().get(name, {}).values()))
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _enable(method: Method, target: Any, count_flops: bool) -> Any:
+    # peers have no FLOP instrumentation of their own to switch off
+    return method.enable(target) if method.peer else method.enable(target, count_flops=count_flops)
+
+
+def run_benchmark(
+    bench: Benchmark,
+    quick: bool = False,
+    only: list[str] | None = None,
+    repeats: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run ``bench`` and return its result in the JSON schema of DESIGN.md ("Benchmarks")."""
+    bench.prepare(quick)
+    methods = [m for m in bench.methods(quick) if only is None or m.name in only]
+    if only is not None and not methods:
+        known = sorted({m.name for m in bench.methods(quick)})
+        raise ValueError(f"--methods {only} matches none of {bench.domain}/{bench.name}'s methods: {known}")
+    repeats = repeats or (2 if quick else 3)
+    target = bench.target()
+    ref, base_flops = _counted(bench)
+    base_walls: list[float] = []
+    runs = []
+    bar = tqdm(methods, desc=f"{bench.domain}/{bench.name}", disable=not progress, unit="method")
+    for method in bar:
+        bar.set_postfix_str(method.label)
+        try:
+            enabled = _enable(method, target, count_flops=True)
+        except Exception as exc:  # a peer that cannot run here is reported, not fatal
+            runs.append({"method": method.name, "params": method.params, "peer": method.peer,
+                         "skipped": f"{type(exc).__name__}: {exc}"})
+            continue
+        try:
+            out, flops = _counted(bench)
+            stats = enabled.stats().as_dict() if isinstance(enabled, CacheHandle) else None
+        finally:
+            _undo(enabled)
+        walls = []
+        for _ in range(repeats):
+            base_walls.append(_timed(bench.generate))
+            enabled = _enable(method, target, count_flops=False)
+            try:
+                walls.append(_timed(bench.generate))
+            finally:
+                _undo(enabled)
+        wall = statistics.median(walls)
+        pair_base = statistics.median(base_walls[-repeats:])
+        runs.append({
+            "method": method.name,
+            "label": method.label,
+            "params": method.params,
+            "peer": method.peer,
+            "wall_s": wall,
+            "flops": flops,
+            "speedup_wall": pair_base / wall,
+            "speedup_flops": base_flops / flops if flops else float("inf"),
+            "fidelity": bench.fidelity(out, ref),
+            "metrics": bench.metrics(out),
+            "cache_bytes_peak": stats["peak_cache_bytes"] if stats else None,
+            "stats": stats,
+            **({"note": method.note} if method.note else {}),
+        })
+    if not base_walls:
+        base_walls = [_timed(bench.generate) for _ in range(repeats)]
+    return {
+        "schema": SCHEMA,
+        "domain": bench.domain,
+        "benchmark": bench.name,
+        "model": bench.model,
+        "quick": quick,
+        "hardware": {
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        },
+        "versions": _versions(),
+        "baseline": {"wall_s": statistics.median(base_walls), "flops": base_flops, "metrics": bench.metrics(ref)},
+        "runs": runs,
+    }
+
+
+def _versions() -> dict:
+    out = {"torch": torch.__version__}
+    for name in ("diffusers", "transformers", "forecache"):
+        try:
+            from importlib.metadata import version
+
+            out[name] = version(name)
+        except Exception:  # not installed: not part of this run
+            pass
+    return out
