@@ -40,4 +40,5 @@ def apply(model: Any, policy: Policy, adapter: Adapter | None = None, count_flop
     if not isinstance(adapter, Adapter):
         raise ValueError(f"adapter={adapter!r} is not a forecache Adapter")
     policy.validate()
+    policy.check_model(model)
     return CacheHandle(model, policy, adapter, scheduler, count_flops)

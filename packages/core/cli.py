@@ -1,9 +1,11 @@
-"""The `forecache` command: `presets`, `bench`, `report`."""
+"""The `forecache` command: `presets`, `calibrate`, `bench`, `report`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .calibration import command as calibration_command
 
 
 def _presets(_: argparse.Namespace) -> int:
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="forecache", description="Training-free diffusion caching.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("presets", help="list the named methods and their papers").set_defaults(run=_presets)
+    calibration_command.add_parser(sub)
     bench = sub.add_parser("bench", help="benchmark a domain's methods and peers against the uncached model")
     bench.add_argument("domain", help="a domain with registered benchmarks (e.g. core), or 'all'")
     bench.add_argument("--quick", action="store_true", help="fewer inputs and settings")

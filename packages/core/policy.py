@@ -21,7 +21,9 @@ class Policy:
 
     Compose freely: ``teacache().replace(what=Taylor(2))`` is TeaCache's trigger with TaylorSeer's
     forecaster. ``storage_dtype`` stores cached features in a smaller type; ``max_cache_bytes``
-    bounds the cache and raises ``CacheBudgetError`` past it.
+    bounds the cache and raises ``CacheBudgetError`` past it. ``calibrated_for`` names the model
+    class a calibration profile was fitted on (presets set it from ``profile=``); applying the
+    policy to another class raises ValueError.
     """
 
     where: Selector | Sequence[Selector]
@@ -31,6 +33,7 @@ class Policy:
     paper: str = ""
     storage_dtype: torch.dtype | None = None
     max_cache_bytes: int | None = None
+    calibrated_for: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -54,6 +57,8 @@ class Policy:
             raise ValueError(f"Policy.storage_dtype={self.storage_dtype!r} must be a floating torch.dtype or None")
         if self.max_cache_bytes is not None and (not isinstance(self.max_cache_bytes, int) or self.max_cache_bytes <= 0):
             raise ValueError(f"Policy.max_cache_bytes={self.max_cache_bytes!r} must be a positive int, or None")
+        if self.calibrated_for is not None and not isinstance(self.calibrated_for, str):
+            raise ValueError(f"Policy.calibrated_for={self.calibrated_for!r} must be a model class name or None")
         self.when.validate()
         self.what.validate()
         for s in self.selectors:
@@ -63,6 +68,16 @@ class Policy:
                     trig.validate()
             if s.what is not None:
                 s.what.validate()
+
+    def check_model(self, model: object) -> None:
+        """Raise ValueError when the policy was calibrated for another model class than ``model``'s."""
+        name = type(model).__name__
+        if self.calibrated_for is not None and self.calibrated_for != name:
+            raise ValueError(
+                f"policy {self.name!r} was calibrated on {self.calibrated_for}, but is applied to {name}: "
+                f"a profile fitted on one model class does not hold for another; calibrate {name} "
+                "(`forecache calibrate`, or forecache.core.calibration.calibrate) and pass that profile"
+            )
 
     def replace(self, **changes) -> Policy:
         """A copy with some fields changed (validated)."""
@@ -77,4 +92,5 @@ class Policy:
             "what": {"type": type(self.what).__name__, **self.what.describe()},
             "storage_dtype": None if self.storage_dtype is None else str(self.storage_dtype),
             "max_cache_bytes": self.max_cache_bytes,
+            **({} if self.calibrated_for is None else {"calibrated_for": self.calibrated_for}),
         }

@@ -12,37 +12,60 @@ from ..triggers.magnitude import MagnitudeRatio
 from ..triggers.probe_residual import DBCACHE_DEFAULTS, FBCACHE_FLUX_THRESHOLD, ProbeResidual
 from ..triggers.rel_l1 import RelativeL1
 from ..triggers.transform_rate import TransformRate
+from .profiled import accepts_profile
 
 
-def teacache(threshold: float = 0.4, coefficients: Sequence[float] | None = None, **options) -> Policy:
+@accepts_profile
+def teacache(
+    threshold: float = 0.4,
+    coefficients: Sequence[float] | None = None,
+    time_grid: Sequence[float] | None = None,
+    **options,
+) -> Policy:
     """TeaCache: Timestep Embedding Tells (arXiv 2411.19108).
 
     The whole block stack is cached as one residual; the accumulated, polynomially rescaled
     relative L1 change of the first block's modulated input decides when to recompute.
     ``threshold=0.4`` is TeaCache's FLUX setting for about 1.8x (0.25: 1.5x, 0.6: 2x, 0.8: 2.25x).
     ``coefficients`` default to the polynomial published for the model's class (adapter), else
-    the identity; fit your own with calibration. ``threshold=0`` never skips.
+    the identity. ``threshold=0`` never skips. ``profile=`` (a calibration profile or its path,
+    ``forecache calibrate --method teacache``) gives fitted ``coefficients``, their ``time_grid``
+    (which keeps the threshold's meaning at other step counts, see ``RelativeL1``) and a searched
+    ``threshold``.
     """
     return Policy(
-        where=Blocks(), when=RelativeL1(threshold, coefficients), what=Reuse(),
+        where=Blocks(), when=RelativeL1(threshold, coefficients, time_grid), what=Reuse(),
         name="teacache", paper="arXiv:2411.19108", **options,
     )
 
 
-def magcache(threshold: float = 0.24, max_skip: int = 5, retention: float = 0.1, ratios=None, **options) -> Policy:
+@accepts_profile
+def magcache(
+    threshold: float = 0.24,
+    max_skip: int = 5,
+    retention: float = 0.1,
+    ratios=None,
+    time_grid: Sequence[float] | None = None,
+    **options,
+) -> Policy:
     """MagCache: Fast Video Generation with Magnitude-Aware Cache (arXiv 2506.09045).
 
     The block stack's residual is reused while the accumulated error modelled from calibrated
     magnitude ratios stays under ``threshold``, for at most ``max_skip`` steps in a row, after the
     first ``retention`` of the steps. Defaults are MagCache's FLUX setting; ``ratios`` default to the
-    profile published for the model's class (adapter). ``threshold=0`` never skips.
+    profile published for the model's class (adapter). ``threshold=0`` never skips. ``profile=`` (a
+    calibration profile or its path, ``forecache calibrate --method magcache``) gives the model's
+    measured ``ratios``, their ``time_grid`` (threshold and ``max_skip`` then count in calibration
+    steps at any step count, see ``MagnitudeRatio``) and a searched ``threshold``.
     """
     return Policy(
-        where=Blocks(), when=MagnitudeRatio(threshold, max_skip, retention, ratios), what=Reuse(),
+        where=Blocks(), when=MagnitudeRatio(threshold, max_skip, retention, ratios, time_grid=time_grid),
+        what=Reuse(),
         name="magcache", paper="arXiv:2506.09045", **options,
     )
 
 
+@accepts_profile
 def easycache(threshold: float = 0.05, warmup: int = 10, **options) -> Policy:
     """EasyCache: Training-Free Video Diffusion Acceleration via Runtime-Adaptive Caching (arXiv 2507.02860).
 
@@ -56,6 +79,7 @@ def easycache(threshold: float = 0.05, warmup: int = 10, **options) -> Policy:
     )
 
 
+@accepts_profile
 def fbcache(threshold: float = FBCACHE_FLUX_THRESHOLD, **options) -> Policy:
     """First-Block Cache (ParaAttention; the idea of TeaCache, arXiv 2411.19108, probed on the
     first block's residual instead of the modulated input).
@@ -70,6 +94,7 @@ def fbcache(threshold: float = FBCACHE_FLUX_THRESHOLD, **options) -> Policy:
     )
 
 
+@accepts_profile
 def dbcache(
     threshold: float = DBCACHE_DEFAULTS["threshold"],
     fn: int = DBCACHE_DEFAULTS["Fn"],
@@ -92,6 +117,7 @@ def dbcache(
     )
 
 
+@accepts_profile
 def foresight(gamma: float = 0.5, warmup: int = 8, recalculate: int = 2, **options) -> Policy:
     """Foresight: Adaptive Layer Reuse for Accelerated and High-Quality Text-to-Video Generation
     (arXiv 2506.00329).

@@ -12,11 +12,13 @@ from ..selectors.blocks import Blocks
 from ..selectors.submodules import Submodules
 from ..triggers.interval import Interval
 from ..triggers.speculative import Speculative
+from .profiled import accepts_profile
 
 #: every layer's attention and MLP outputs, the granularity of TaylorSeer and its successors
 _LAYERS = Submodules(("attn", "mlp", "mlp_context"))
 
 
+@accepts_profile
 def taylorseer(interval: int = 5, order: int = 2, warmup: int = 3, **options) -> Policy:
     """TaylorSeer: From Reusing to Forecasting (arXiv 2503.06923).
 
@@ -33,6 +35,7 @@ def taylorseer(interval: int = 5, order: int = 2, warmup: int = 3, **options) ->
     )
 
 
+@accepts_profile
 def hicache(interval: int = 5, order: int = 2, sigma: float = 0.5, warmup: int = 3, **options) -> Policy:
     """HiCache: Hermite Polynomial-based Feature Caching (arXiv 2508.16984).
 
@@ -46,6 +49,7 @@ def hicache(interval: int = 5, order: int = 2, sigma: float = 0.5, warmup: int =
     )
 
 
+@accepts_profile
 def abcache(interval: int = 3, order: int = 2, warmup: int = 2, **options) -> Policy:
     """AB-Cache: Adams-Bashforth Cached Feature Reuse (arXiv 2504.10540).
 
@@ -58,6 +62,7 @@ def abcache(interval: int = 3, order: int = 2, warmup: int = 2, **options) -> Po
     )
 
 
+@accepts_profile
 def foca(interval: int = 5, warmup: int = 3, derivative_order: int = 1, **options) -> Policy:
     """FoCa: Forecast then Calibrate (arXiv 2508.16211).
 
@@ -70,6 +75,7 @@ def foca(interval: int = 5, warmup: int = 3, derivative_order: int = 1, **option
     )
 
 
+@accepts_profile
 def freqca(interval: int = 5, warmup: int = 3, cutoff: float = 0.1, crf: bool = True, **options) -> Policy:
     """FreqCa: Frequency-Aware Caching (arXiv 2510.08669).
 
@@ -85,6 +91,7 @@ def freqca(interval: int = 5, warmup: int = 3, cutoff: float = 0.1, crf: bool = 
     )
 
 
+@accepts_profile
 def speca(
     threshold: float = 0.1,
     max_forecast: int = 5,

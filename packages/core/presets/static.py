@@ -11,8 +11,10 @@ from ..selectors.submodules import Submodules
 from ..selectors.unet import UNetBranch
 from ..sites.tokens import TokenSelection
 from ..triggers.interval import Interval
+from .profiled import accepts_profile
 
 
+@accepts_profile
 def fora(interval: int = 3, warmup: int = 0, **options) -> Policy:
     """FORA: Fast-Forward Caching in Diffusion Transformer Acceleration (arXiv 2407.01425).
 
@@ -25,6 +27,7 @@ def fora(interval: int = 3, warmup: int = 0, **options) -> Policy:
     )
 
 
+@accepts_profile
 def deepcache(interval: int = 3, branch: int = 0, **options) -> Policy:
     """DeepCache: Accelerating Diffusion Models for Free (arXiv 2312.00858), for diffusers UNets.
 
@@ -39,6 +42,7 @@ def deepcache(interval: int = 3, branch: int = 0, **options) -> Policy:
     )
 
 
+@accepts_profile
 def delta_dit(interval: int = 3, boundary: float = 0.5, split: float = 0.5, **options) -> Policy:
     """Δ-DiT: A Training-Free Acceleration Method Tailored for Diffusion Transformers (arXiv 2406.01125).
 
@@ -96,6 +100,7 @@ def pab(
     )
 
 
+@accepts_profile
 def toca(interval: int = 4, ratio: float = 0.07, **options) -> Policy:
     """ToCa: Token-wise Feature Caching (arXiv 2410.05317).
 

@@ -11,6 +11,7 @@ import torch
 
 from ._common import check, check_int, check_real, num_steps
 from .base import Observation, Trigger
+from .step_scale import StepScale
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,16 @@ class MagnitudeRatio(Trigger):
     adapter publishes (:meth:`bind`); with none published, binding raises ValueError naming the
     fix (calibrate, or pass ``ratios=``).
 
+    ``time_grid``: the time coordinates the ratios and the knobs were calibrated on
+    (``forecache.core.calibration`` sets it from a profile). The accumulated error sums one term per
+    step and ``max_skip`` counts steps, so at twice the step count the same stretch of time would
+    accumulate about twice the error and allow half the skipped time. With ``time_grid`` each step
+    counts in calibration steps: with ``w`` the step's size over the grid's local step
+    (:class:`~forecache.core.triggers.step_scale.StepScale`), ``E += w * |1 - R|`` and the skipped
+    span ``sum w`` must stay ``<= max_skip``. On the calibration grid ``w = 1`` and this is exactly
+    the rule above; elsewhere ``threshold`` and ``max_skip`` keep their meaning in the model's time.
+    ``None`` (default): the reference's per-step rule.
+
     Deviations: ratios are interpolated in time and multiplied over the step instead of
     resampled by nearest index; the reference's FLUX-only forced compute at calibration step 11
     of 28 is not reproduced (a site window can force steps).
@@ -138,12 +149,15 @@ class MagnitudeRatio(Trigger):
         retention: float = 0.1,
         ratios: Ratios | None = None,
         times: Sequence[float] | None = None,
+        time_grid: Sequence[float] | None = None,
     ) -> None:
         self.threshold = threshold
         self.max_skip = max_skip
         self.retention = retention
         self.ratios = ratios
         self.times = times
+        self.time_grid = None if time_grid is None else tuple(float(t) for t in time_grid)
+        self._scale = None if self.time_grid is None else StepScale(self.time_grid)
         self._profile: MagnitudeProfile | None = None
         if isinstance(ratios, MagnitudeProfile):
             check(times is None, type(self).__name__, "times", times, "a MagnitudeProfile carries "
@@ -164,8 +178,8 @@ class MagnitudeRatio(Trigger):
     def _require_ratios(self, where: str) -> None:
         check(self.ratios is not None, type(self).__name__, "ratios", None,
               f"MagCache needs the model's calibrated residual magnitude ratios and {where}",
-              "calibrate them (record ||r_t||/||r_{t-1}|| in one uncached run) or pass ratios=, "
-              "e.g. FLUX_MAG_PROFILE for FLUX.1")
+              "calibrate them (`forecache calibrate --method magcache`, then magcache(profile=...)) "
+              "or pass ratios=, e.g. FLUX_MAG_PROFILE for FLUX.1")
 
     def bind(self, adapter) -> MagnitudeRatio:
         """Fill ``ratios`` left unset from the profile the adapter publishes for its model class."""
@@ -174,7 +188,7 @@ class MagnitudeRatio(Trigger):
         published = getattr(adapter, "magcache_ratios", None)
         if published is None:
             self._require_ratios(f"{type(adapter).__name__} publishes none for this model")
-        return type(self)(self.threshold, self.max_skip, self.retention, ratios=published)
+        return type(self)(self.threshold, self.max_skip, self.retention, ratios=published, time_grid=self.time_grid)
 
     def describe(self) -> dict:
         if self._profile is None:
@@ -182,11 +196,17 @@ class MagnitudeRatio(Trigger):
         else:
             grid = "position" if self._profile.times is None else "time"
             ratios = f"{len(self._profile.ratios)} ratios on a {grid} grid"
+        calibration = None if self.time_grid is None else f"{len(self.time_grid)} calibration steps"
         return {"threshold": self.threshold, "max_skip": self.max_skip,
-                "retention": self.retention, "ratios": ratios}
+                "retention": self.retention, "ratios": ratios, "time_grid": calibration}
 
     def new_state(self) -> dict:
-        return {"prev_u": None, "acc_ratio": 1.0, "acc_err": 0.0}
+        return {"prev_u": None, "prev_t": None, "acc_ratio": 1.0, "acc_err": 0.0, "span": 0.0}
+
+    def _weight(self, state: dict, obs: Observation) -> float:
+        if self._scale is None or state["prev_t"] is None:
+            return 1.0
+        return self._scale.weight(state["prev_t"], obs.t)
 
     def _coordinate(self, obs: Observation) -> float:
         if self._profile is not None and self._profile.times is None:
@@ -210,14 +230,20 @@ class MagnitudeRatio(Trigger):
             self._require_ratios("none were given or bound from an adapter")
         if state["prev_u"] is None or obs.step < self._retained(obs):
             return None
-        return state["acc_err"] + abs(1.0 - state["acc_ratio"] * self._gamma(state, obs))
+        error = abs(1.0 - state["acc_ratio"] * self._gamma(state, obs))
+        return state["acc_err"] + self._weight(state, obs) * error
 
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
         if metric is None or obs.since_compute is None or self.threshold <= 0:
             return True
         state["acc_ratio"] *= self._gamma(state, obs)
         state["acc_err"] = metric
-        return not (metric <= self.threshold and obs.since_compute <= self.max_skip)
+        if self._scale is None:
+            span = obs.since_compute
+        else:  # skipped time in calibration steps; the tolerance absorbs rounding of the weights
+            state["span"] += self._weight(state, obs)
+            span = state["span"] - 1e-9
+        return not (metric <= self.threshold and span <= self.max_skip)
 
     def observe(
         self,
@@ -228,5 +254,6 @@ class MagnitudeRatio(Trigger):
         output: torch.Tensor | None,
     ) -> None:
         if computed:
-            state["acc_ratio"], state["acc_err"] = 1.0, 0.0
+            state["acc_ratio"], state["acc_err"], state["span"] = 1.0, 0.0, 0.0
         state["prev_u"] = self._coordinate(obs)
+        state["prev_t"] = obs.t

@@ -10,6 +10,7 @@ import torch
 from ._common import check, check_real, relative_l1, snapshot
 from .accumulate import Accumulating
 from .base import Observation
+from .step_scale import StepScale
 
 #: TeaCache's rescaling polynomial for FLUX.1 (numpy.poly1d order, highest power first), fitted
 #: from the modulated-input change to the output change. Source: ali-vilab/TeaCache
@@ -45,6 +46,18 @@ class RelativeL1(Accumulating):
     TeaCache's FLUX values are 0.25 (1.5x), 0.4 (1.8x), 0.6 (2.0x, the script's setting), 0.8
     (2.25x), with :data:`TEACACHE_FLUX_COEFFICIENTS`.
 
+    ``time_grid``: the time coordinates the polynomial (and threshold) were calibrated on
+    (``forecache.core.calibration``). The polynomial maps a change over ONE CALIBRATION STEP to an
+    output change over that step, and both grow about in proportion to the step size, so at
+    another step count the reference's ``poly(d_n)`` leaves the polynomial's fitted range and sums
+    a different number of terms over the same stretch of time. With ``time_grid`` each step is
+    read in calibration steps: with ``w`` the step's size over the grid's local step
+    (:class:`~forecache.core.triggers.step_scale.StepScale`), ``acc += w * poly(d_n / w)``. On the
+    calibration grid ``w = 1`` and this is exactly the rule above; at another step count the
+    accumulated value estimates the same output change over the same time, so the threshold keeps
+    its meaning (an error budget in the model's time). ``None`` (default): the reference's per-step
+    rule, as published coefficients expect.
+
     Deviations: without a known schedule the last-step rule cannot apply and is skipped (the
     reference always knows ``num_steps``). Under torch.distributed the rescaled change is averaged
     across ranks (the reference runs on one device).
@@ -52,10 +65,17 @@ class RelativeL1(Accumulating):
 
     signal = "modulated_input"
 
-    def __init__(self, threshold: float, coefficients: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        threshold: float,
+        coefficients: Sequence[float] | None = None,
+        time_grid: Sequence[float] | None = None,
+    ) -> None:
         self.threshold = threshold
         self.coefficients = None if coefficients is None else tuple(float(c) for c in coefficients)
         self._poly = None if self.coefficients is None else np.poly1d(self.coefficients)
+        self.time_grid = None if time_grid is None else tuple(float(t) for t in time_grid)
+        self._scale = None if self.time_grid is None else StepScale(self.time_grid)
 
     def validate(self) -> None:
         who = type(self).__name__
@@ -71,17 +91,22 @@ class RelativeL1(Accumulating):
         published = getattr(adapter, "teacache_coefficients", None)
         if self.coefficients is not None or published is None:
             return self
-        return type(self)(self.threshold, published)
+        return type(self)(self.threshold, published, self.time_grid)
+
+    def describe(self) -> dict:
+        grid = None if self.time_grid is None else f"{len(self.time_grid)} calibration steps"
+        return {"threshold": self.threshold, "coefficients": self.coefficients, "time_grid": grid}
 
     def new_state(self) -> dict:
-        return {"prev": None, "acc": 0.0}
+        return {"prev": None, "prev_t": None, "acc": 0.0}
 
     def measure(self, state: dict, obs: Observation) -> float | None:
         if state["prev"] is None or obs.signal is None:
             return None
         change = relative_l1(obs.signal, state["prev"])
-        rescaled = change if self._poly is None else float(self._poly(change))
-        return state["acc"] + rescaled
+        w = 1.0 if self._scale is None or state["prev_t"] is None else self._scale.weight(state["prev_t"], obs.t)
+        rescaled = change / w if self._poly is None else float(self._poly(change / w))
+        return state["acc"] + w * rescaled
 
     def observe(
         self,
@@ -94,3 +119,4 @@ class RelativeL1(Accumulating):
         if computed:
             state["acc"] = 0.0
         state["prev"] = snapshot(obs.signal)
+        state["prev_t"] = obs.t
