@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[all,dev,peers]' -c constraints.txt
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]' -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
