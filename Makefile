@@ -19,6 +19,8 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
+	$(BIN)/forecache bench all --quick --out bench-out
+	$(BIN)/forecache report bench-out
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="fewer inputs and settings")
     bench.add_argument("--methods", nargs="+", help="only these methods (names as in the JSON)")
     bench.add_argument("--out", default="bench-out", help="results folder (default: bench-out)")
-    bench.add_argument("--repeats", type=int, help="timed baseline/method pairs (default 3, quick 2)")
+    bench.add_argument("--repeats", type=int, help="timed baseline/method pairs (default 3, quick 1)")
     bench.set_defaults(run=_bench)
     rep = sub.add_parser("report", help="gather every domain's results into one Markdown and HTML page")
     rep.add_argument("dir", nargs="?", default="bench-out")

@@ -69,7 +69,7 @@ def run_benchmark(
     if only is not None and not methods:
         known = sorted({m.name for m in bench.methods(quick)})
         raise ValueError(f"--methods {only} matches none of {bench.domain}/{bench.name}'s methods: {known}")
-    repeats = repeats or (2 if quick else 3)
+    repeats = repeats or (1 if quick else 3)
     target = bench.target()
     ref, base_flops = _counted(bench)
     base_walls: list[float] = []
