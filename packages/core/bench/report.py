@@ -65,18 +65,21 @@ def pareto_plot(result: dict, path: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     names = sorted({r["method"] for r in runs})
-    colours = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
+    palette = [*plt.cm.tab20.colors, *plt.cm.tab20b.colors]  # 40 distinct colours
+    colours = {n: palette[i % len(palette)] for i, n in enumerate(names)}
+    finite = [r["fidelity"][key] for r in runs if r["fidelity"][key] != float("inf")]
+    cap = (max(finite) + 5.0) if finite else 100.0
     for r in runs:
-        ax.scatter(r["speedup_flops"], _finite(r["fidelity"][key]), color=colours[r["method"]],
+        ax.scatter(r["speedup_flops"], _finite(r["fidelity"][key], cap), color=colours[r["method"]],
                    marker="x" if r["peer"] else "o", s=40, label=("peer: " if r["peer"] else "") + r["method"])
     front = pareto_front([r for r in runs if not r["peer"]], key)
     if front:
-        ax.plot([r["speedup_flops"] for r in front], [_finite(r["fidelity"][key]) for r in front], "k--", lw=0.8,
+        ax.plot([r["speedup_flops"] for r in front], [_finite(r["fidelity"][key], cap) for r in front], "k--", lw=0.8,
                 label="forecache Pareto front")
     handles, labels = ax.get_legend_handles_labels()
     seen = dict(zip(labels, handles))
     ax.legend(seen.values(), seen.keys(), fontsize=7, ncol=2, loc="best")
-    ax.set_xlabel("FLOPs speedup (uncached = 1)")
+    ax.set_xlabel("FLOPs speedup (uncached = 1); identical outputs drawn at the top edge")
     ax.set_ylabel(f"{key} vs uncached (higher is better)" if key != "rmsd" else f"{key} vs uncached")
     ax.set_title(f"{result['domain']}/{result['benchmark']} on {result['model']}")
     ax.grid(alpha=0.3)
@@ -86,8 +89,8 @@ def pareto_plot(result: dict, path: Path) -> Path | None:
     return path
 
 
-def _finite(x: float, cap: float = 100.0) -> float:
-    """Identical outputs give infinite PSNR; plot them at a cap instead of off the chart."""
+def _finite(x: float, cap: float) -> float:
+    """Identical outputs give infinite PSNR; plot them just above the best finite value."""
     return cap if x == float("inf") else x
 
 
