@@ -21,12 +21,19 @@ def _presets(_: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import discovery, report, runner
 
-    results = []
+    results, known = [], set()
     for bench in discovery.benchmarks(args.domain):
         result = runner.run_benchmark(bench, quick=args.quick, only=args.methods, repeats=args.repeats)
+        if result is None:
+            known.update(m.name for m in bench.methods(args.quick))
+            print(f"{bench.domain}/{bench.name}: no methods to run" + (" in a quick run" if args.quick else ""))
+            continue
         path = report.write(result, args.out)
         print(f"wrote {path} (+ .md, .png)")
         results.append(result)
+    if args.methods and not results:
+        raise SystemExit(f"forecache bench: --methods {' '.join(args.methods)} matches no method of {args.domain}'s "
+                         f"benchmarks; choose from {sorted(known)}")
     print(report.summary(results))
     return 0
 

@@ -7,6 +7,7 @@ import torch
 
 import forecache.core as fc
 from forecache.core.bench import report, runner
+from forecache.core.cli import main
 from forecache.core.bench.metrics import psnr, ssim
 from forecache.core.bench.protocol import Benchmark, Method, policy_method
 from forecache.core.testing.toy import ToyAdapter, ToyTransformer, sample, toy_inputs
@@ -82,9 +83,21 @@ def test_runner_writes_schema_1(tmp_path):
     assert "fora(interval=2)" in report.summary([result])
 
 
-def test_unknown_method_filter_is_an_error():
-    with pytest.raises(ValueError, match="matches none"):
-        runner.run_benchmark(ToyBench(), quick=True, only=["nope"], progress=False)
+def test_unknown_method_filter_is_an_error(tmp_path):
+    assert runner.run_benchmark(ToyBench(), quick=True, only=["nope"], progress=False) is None
+    with pytest.raises(SystemExit, match="matches no method of core's benchmarks; choose from .*teacache"):
+        main(["bench", "core", "--quick", "--methods", "nope", "--out", str(tmp_path)])
+
+
+def test_transfer_benchmarks_compare_profiles_fitted_at_28_steps_with_native_ones():
+    from forecache.core.reference.benchmark import benchmarks
+
+    by_name = {b.name: b for b in benchmarks()}
+    assert set(by_name) == {"shapes-28", "shapes-20", "shapes-50"}
+    assert by_name["shapes-50"].methods(quick=True) == []  # full runs only
+    labels = [m.note for m in by_name["shapes-50"].methods(quick=False)]
+    assert "teacache@2x: profile calibrated at 28 steps, used at 50" in labels
+    assert any(n.startswith("magcache@4x: knob found") for n in labels)
 
 
 def test_pareto_front():

@@ -179,6 +179,15 @@ def test_interval_search_is_integer_and_keeps_the_least_aggressive_value_that_re
     assert by_value.get(result.value - 1, 1.0) > 0.5  # one step less aggressive misses the target
 
 
+def test_interval_search_stops_at_the_step_count(model, inputs):
+    """An interval past the step count computes as the step count does: the search does not probe one."""
+    result = search_knob(model, generation(model, inputs, steps=6), "fora", compute_ratio=0.05,
+                         adapter=ToyAdapter(), config=SearchConfig(max_generations=16), progress=False)
+    assert not result.met
+    assert max(e.value for e in result.evaluations) == 6
+    assert len(result.evaluations) < 16
+
+
 def test_fidelity_search_keeps_the_target_and_is_the_most_aggressive_that_does(model, inputs):
     result = search_knob(model, generation(model, inputs), "easycache", fidelity_target=60.0, fidelity=psnr,
                          adapter=ToyAdapter(), options={"warmup": 2}, config=SearchConfig(max_generations=10),

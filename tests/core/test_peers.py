@@ -182,6 +182,25 @@ def test_cache_dit_changes_output_and_undo_restores_exactly(pipe, ref, taylorsee
 
 
 @CACHE_DIT
+def test_cache_dit_on_a_pipeline_class_it_does_not_register():
+    """The reference ShapesPipeline is not one of cache-dit's pipelines; its FluxTransformer2DModel is, so
+    cache-dit's Flux adapter runs on it, with one cache context per generation."""
+    from forecache.core.reference import load_pipeline
+
+    shapes = load_pipeline()
+    ref = shapes(["a red circle at the left"], num_inference_steps=12)
+    before = _state(shapes.transformer)  # after a call: its cache_context adds diffusers' hook registry
+    undo = cache_dit_dbcache(threshold=0.5, Fn=1, Bn=0, max_warmup_steps=2).enable(shapes)
+    try:
+        out, again = (shapes(["a red circle at the left"], num_inference_steps=12) for _ in range(2))
+    finally:
+        undo()
+    assert not torch.equal(out, ref) and torch.equal(out, again)
+    _assert_same_state(before, _state(shapes.transformer))
+    assert torch.equal(shapes(["a red circle at the left"], num_inference_steps=12), ref)
+
+
+@CACHE_DIT
 def test_cache_dit_refuses_bare_transformers_and_too_few_blocks(pipe):
     with pytest.raises(PeerUnsupported, match="DiffusionPipeline"):
         cache_dit_dbcache(Fn=1).enable(pipe.transformer)

@@ -1,7 +1,8 @@
 """cache-dit (PyPI ``cache-dit``, the ``[peers]`` extra) as a peer: DBCache, with or without its TaylorSeer
 calibrator, through its public API (``cache_dit.enable_cache`` / ``cache_dit.disable_cache``).
 
-Target: a diffusers ``DiffusionPipeline`` whose class cache-dit supports (``FluxPipeline`` among them). cache-dit
+Target: a diffusers ``DiffusionPipeline`` whose class, or whose transformer's class, cache-dit supports
+(``FluxPipeline``; the reference ``ShapesPipeline`` around a ``FluxTransformer2DModel``). cache-dit
 resets its cache context at every pipeline call by wrapping the pipeline class's ``__call__``; its
 transformer-only path keeps one context across generations (repeated generations then differ), so a bare
 transformer is refused. While enabled, cache-dit's wrapper sits on the pipeline *class*, so other instances of
@@ -15,6 +16,7 @@ functor's), with ``_is_patched`` set; the undo restores the transformer's module
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 from typing import Any
@@ -64,6 +66,21 @@ def _block_lengths(blocks: Any) -> list[int]:
     return []
 
 
+def _block_adapter(pipe: Any, model: nn.Module):
+    """cache-dit's own block adapter for ``pipe``, not yet initialised (nothing patched): the one it registers
+    for the pipeline class, or else, for a pipeline of our own around a transformer it supports (the reference
+    ``ShapesPipeline`` around a ``FluxTransformer2DModel``), the one it registers for that transformer's family,
+    pointed at ``pipe`` so that cache-dit wraps this pipeline's calls (one cache context per generation).
+    ``dataclasses.replace(adapter, skip_post_init=False)`` initialises it."""
+    from cache_dit import BlockAdapterRegister
+
+    for key in (pipe, model):
+        if BlockAdapterRegister.is_supported(key):
+            return dataclasses.replace(BlockAdapterRegister.get_adapter(key, skip_post_init=True), pipe=pipe)
+    raise PeerUnsupported(f"cache-dit {_version('cache-dit')} has no block adapter for {type(pipe).__name__} "
+                          f"or its {type(model).__name__}")
+
+
 def cache_dit_dbcache(threshold: float = 0.08, Fn: int = 8, Bn: int = 0, max_warmup_steps: int = 8,
                       warmup_interval: int = 1, max_cached_steps: int = -1, max_continuous_cached_steps: int = -1,
                       taylorseer: bool = False, taylorseer_order: int = 1) -> Method:
@@ -91,21 +108,17 @@ def cache_dit_dbcache(threshold: float = 0.08, Fn: int = 8, Bn: int = 0, max_war
         if reason:
             raise PeerUnsupported(reason)
         import cache_dit
-        from cache_dit import BlockAdapterRegister, DBCacheConfig, TaylorSeerCalibratorConfig
+        from cache_dit import DBCacheConfig, TaylorSeerCalibratorConfig
         from diffusers import DiffusionPipeline
 
         if not isinstance(target, DiffusionPipeline):
             raise PeerUnsupported(f"cache-dit needs a diffusers DiffusionPipeline target, got {type(target).__name__} "
                                   "(its transformer-only path carries its cache across generations)")
-        if not BlockAdapterRegister.is_supported(target):
-            raise PeerUnsupported(f"cache-dit {_version('cache-dit')} has no block adapter for {type(target).__name__}")
         model = getattr(target, "transformer", None)
         if not isinstance(model, nn.Module):
             raise PeerUnsupported(f"{type(target).__name__} has no `transformer` module")
-        try:
-            lengths = _block_lengths(BlockAdapterRegister.get_adapter(target, skip_post_init=True).blocks)
-        except Exception:  # the check below is a courtesy; cache-dit checks again when it runs
-            lengths = []
+        adapter = _block_adapter(target, model)
+        lengths = _block_lengths(adapter.blocks)
         if lengths and Fn + Bn >= min(lengths):
             raise PeerUnsupported(f"DBCache F{Fn}B{Bn} leaves no block to cache in a block list of {min(lengths)} "
                                   f"({type(model).__name__}); use Fn + Bn < {min(lengths)}")
@@ -137,8 +150,9 @@ def cache_dit_dbcache(threshold: float = 0.08, Fn: int = 8, Bn: int = 0, max_war
             max_continuous_cached_steps=max_continuous_cached_steps)
         calibrator = TaylorSeerCalibratorConfig(taylorseer_order=taylorseer_order) if taylorseer else None
         try:
-            with _quiet():
-                cache_dit.enable_cache(target, cache_config=cache_config, calibrator_config=calibrator)
+            with _quiet():  # initialising the adapter patches the transformer: inside the guard
+                adapter = dataclasses.replace(adapter, skip_post_init=False)
+                cache_dit.enable_cache(adapter, cache_config=cache_config, calibrator_config=calibrator)
             added.update(set(target.__dict__) - pipe_keys)
             guard.mark()
         except BaseException:

@@ -7,7 +7,8 @@ generation computes a whole number of steps), so the search brackets the boundar
 target starts (or stops) being met and bisects it:
 
 1. bracket: the never-skip value is one side (compute ratio 1, identical output); probe the
-   preset's default, then double it until the target flips, up to the knob's limit;
+   preset's default, then double it until the target flips, up to the knob's limit (for an
+   interval, the step count);
 2. bisect: geometrically for thresholds (they span decades), halving for intervals, until a
    compute ratio lands within ``tolerance`` of its target, the bracket is narrower than
    ``resolution``, or ``max_generations`` are spent.
@@ -158,6 +159,8 @@ def search_knob(
 
     def probe(value: float) -> Evaluation:
         value = knob.clamp(value)
+        if knob.integer and grid.get("steps"):  # an interval past the step count computes as that count does
+            value = min(value, grid["steps"])
         if value in probes:
             return probes[value]
         run = run_policy(target, preset(**{knob.name: value}, **options), gens, adapter, schedule)
@@ -228,8 +231,10 @@ def _bracket_and_bisect(
     else:  # grow the knob until the probes turn aggressive
         near = ev.value
         while used() < max_probes and near < knob.limit:
-            value = knob.clamp(near * 2 if not knob.integer else max(near * 2, near + 1))
-            ev = probe(value)
+            ev = probe(knob.clamp(near * 2 if not knob.integer else max(near * 2, near + 1)))
+            value = ev.value
+            if value <= near:  # the knob cannot grow further (its limit, or the step count)
+                return
             if close(ev):
                 return
             if aggressive(ev):

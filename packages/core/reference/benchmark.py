@@ -1,6 +1,12 @@
-"""The image benchmark (`forecache bench core`): every preset swept over its strength knob,
-calibrated presets reaching target speedups from the target alone, and the peers, all on the
-reference model at 28 steps, measured against the uncached images of the same seeds."""
+"""The image benchmarks (`forecache bench core`), on the reference model, measured against the uncached
+images of the same seeds.
+
+- ``shapes-28``: every preset swept over its strength knob, calibrated presets reaching target speedups
+  from the target alone, and the peers, at 28 steps.
+- ``shapes-20`` and ``shapes-50`` (full runs only): step-count transfer. The presets with a fitted
+  profile (TeaCache, MagCache) calibrated at 28 steps and used at 20 or 50 (``*-from28``), next to the
+  same presets calibrated at that step count (``*-calibrated``), for each target speedup.
+"""
 
 from __future__ import annotations
 
@@ -42,15 +48,29 @@ CALIBRATED = ("teacache", "magcache", "taylorseer", "freqca", "speca")
 TARGETS = (1 / 2, 1 / 3, 1 / 4)
 
 
+#: presets whose profile holds a fit over time (read by time coordinate at any step count)
+TRANSFERRED = ("teacache", "magcache")
+#: the step count the benchmark's profiles are fitted at
+FIT_STEPS = 28
+
+#: calibrated profiles, shared by the benchmarks of one process: (path, preset, ratio, steps) -> Profile
+_PROFILES: dict[tuple, Any] = {}
+
+
 class ShapesBenchmark:
-    """Reference image model, 28 steps, no guidance: 24 distinct prompts (8 quick), seed 0."""
+    """Reference image model, no guidance: 24 distinct prompts (8 quick), seed 0, at ``steps`` steps.
+
+    At ``steps`` = 28 (``FIT_STEPS``) it is the main benchmark; at other step counts it compares
+    profiles fitted at 28 steps with profiles fitted at ``steps`` (a full run only: quick runs have no
+    rows for it).
+    """
 
     domain = "core"
-    name = "shapes-28"
     model = "models/shapes-flux"
 
-    def __init__(self, path: str = str(DEFAULT_PATH), steps: int = 28, calibrate: bool = True) -> None:
+    def __init__(self, path: str = str(DEFAULT_PATH), steps: int = FIT_STEPS, calibrate: bool = True) -> None:
         self.path, self.steps, self.calibrate = path, steps, calibrate
+        self.name = f"shapes-{steps}"
         self.pipe = None
 
     def prepare(self, quick: bool) -> None:
@@ -65,8 +85,8 @@ class ShapesBenchmark:
         # calibration sees other prompts and another seed than the evaluation it is judged on
         self.calibration_prompts = [ALL_CONDITIONS[(k * 7 + 3) % len(ALL_CONDITIONS)].description for k in range(4)]
 
-    def calibration_generate(self) -> torch.Tensor:
-        return self.pipe(self.calibration_prompts, num_inference_steps=self.steps, seed=1)
+    def calibration_generate(self, steps: int | None = None) -> torch.Tensor:
+        return self.pipe(self.calibration_prompts, num_inference_steps=steps or self.steps, seed=1)
 
     def target(self) -> Any:
         return self.pipe
@@ -84,6 +104,11 @@ class ShapesBenchmark:
         return {"accuracy": conditioning_accuracy(out, self.conditions)["all"]}
 
     def methods(self, quick: bool) -> list[Method]:
+        if self.steps != FIT_STEPS:
+            if quick or not self.calibrate:
+                return []
+            return [self._calibrated(name, ratio, fit_steps=steps)
+                    for name in TRANSFERRED for ratio in TARGETS for steps in (self.steps, FIT_STEPS)]
         rows = [
             policy_method(name, P.PRESETS[name], **params)
             for name, (fast, full) in SWEEPS.items()
@@ -96,29 +121,34 @@ class ShapesBenchmark:
 
         return rows + available_peers(quick)
 
-    def _calibrated(self, name: str, ratio: float) -> Method:
-        """A preset whose knob calibration finds, at ``enable`` time, for a target compute ratio."""
+    def _calibrated(self, name: str, ratio: float, fit_steps: int | None = None) -> Method:
+        """A preset whose knob calibration finds, at ``enable`` time, for a target compute ratio, on
+        generations of ``fit_steps`` steps (default: this benchmark's)."""
         from ..apply import apply
         from ..calibration import calibrate
 
+        fit_steps = fit_steps or self.steps
         label = f"{name}@{1 / ratio:.0f}x"
-        profiles: dict = {}
+        key = (self.path, name, ratio, fit_steps)
 
         def enable(target: Any, count_flops: bool = True):
-            if "profile" not in profiles:
-                profiles["profile"] = calibrate(
-                    target, self.calibration_generate, name, target_ratio=ratio, progress=False
-                )
-            search = profiles["profile"].data.get("search", {})
+            if key not in _PROFILES:
+                _PROFILES[key] = calibrate(target, lambda: self.calibration_generate(fit_steps), name,
+                                           target_ratio=ratio, progress=False)
+            search = _PROFILES[key].data.get("search", {})
             if not search.get("met", True):
                 # reported as a skipped row: the method cannot reach this speedup on this model
-                raise RuntimeError(f"calibration could not reach {label}: {search.get('achieved')}")
-            return apply(target, P.PRESETS[name](profile=profiles["profile"]), count_flops=count_flops)
+                raise RuntimeError(f"calibration could not reach {label} at {fit_steps} steps: "
+                                   f"{search.get('achieved')}")
+            return apply(target, P.PRESETS[name](profile=_PROFILES[key]), count_flops=count_flops)
 
-        return Method(f"{name}-calibrated", {"target_speedup": round(1 / ratio, 2)}, enable,
-                      note=f"{label}: knob found by forecache.core.calibration from the target alone")
+        if fit_steps == self.steps:
+            return Method(f"{name}-calibrated", {"target_speedup": round(1 / ratio, 2)}, enable,
+                          note=f"{label}: knob found by forecache.core.calibration from the target alone")
+        return Method(f"{name}-from{fit_steps}", {"target_speedup": round(1 / ratio, 2)}, enable,
+                      note=f"{label}: profile calibrated at {fit_steps} steps, used at {self.steps}")
 
 
 def benchmarks() -> list[ShapesBenchmark]:
     """Entry point of the `forecache.benchmarks` group for the core (image) domain."""
-    return [ShapesBenchmark()]
+    return [ShapesBenchmark(), *(ShapesBenchmark(steps=n) for n in (20, 50))]

@@ -1,9 +1,10 @@
 """ShapesPipeline: rectified-flow Euler sampling of the reference model, the FluxPipeline way.
 
-It has what ``forecache.core.apply`` looks for on a diffusers pipeline, a ``.transformer`` and a
-``.scheduler`` (a real ``FlowMatchEulerDiscreteScheduler`` with FLUX.1's config), so
-``apply(pipe, policy)`` caches the transformer and watches ``scheduler.set_timesteps`` exactly as on
-``FluxPipeline``. The step loop follows ``FluxPipeline.__call__``: sigmas ``linspace(1, 1/n, n)``
+A diffusers ``DiffusionPipeline`` with three registered components, ``transformer``, ``encoder`` and ``scheduler`` (a real
+``FlowMatchEulerDiscreteScheduler`` with FLUX.1's config), so ``apply(pipe, policy)``, diffusers' cache
+hooks and cache-dit all treat it as they treat ``FluxPipeline``. Like ``FluxPipeline.__call__`` it sets
+``_current_timestep`` before each step, runs the transformer inside its ``cache_context("cond")`` (and
+``"uncond"``), and resets stateful hooks at the end (``maybe_free_model_hooks``). The step loop: sigmas ``linspace(1, 1/n, n)``
 with the resolution-dependent shift ``mu`` (0.5 for 256 tokens), the transformer called with
 ``timestep = t / 1000`` (that is, sigma), and ``scheduler.step`` doing the Euler update
 ``x ← x + (σ_next − σ)·v`` with ``v`` the predicted ε − x0.
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from torch import nn
 
 from .model import image_ids, pack, text_ids, unpack_images
@@ -45,17 +47,19 @@ def flux_mu(image_seq_len: int, config) -> float:
     return base + (top - base) * (image_seq_len - lo) / (hi - lo)
 
 
-class ShapesPipeline:
+class ShapesPipeline(DiffusionPipeline):
     """Prompts → images (B, 3, 32, 32) in [0, 1] from the reference model.
 
     ``pipe(["a red circle at the left"], num_inference_steps=28, seed=0)``. The initial noise is
-    drawn on the CPU from ``seed``, so a seed gives the same start on any device.
+    drawn on the CPU from ``seed``, so a seed gives the same start on any device. The text encoder
+    is a fixed table, registered as a component like the others.
     """
 
     def __init__(self, transformer: nn.Module, encoder: ShapesTextEncoder, scheduler=None) -> None:
-        self.transformer = transformer
-        self.encoder = encoder
-        self.scheduler = scheduler if scheduler is not None else flux_scheduler()
+        super().__init__()
+        self.register_modules(transformer=transformer, encoder=encoder,
+                              scheduler=scheduler if scheduler is not None else flux_scheduler())
+        self._current_timestep = None
 
     @torch.no_grad()
     def __call__(
@@ -83,14 +87,19 @@ class ShapesPipeline:
 
             steps = tqdm(steps, desc="sampling")
         for t in steps:
+            self._current_timestep = t
             timestep = t.expand(batch).to(dtype) / 1000
-            v = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, **cond, return_dict=False)[0]
+            with self.transformer.cache_context("cond"):
+                v = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, **cond, return_dict=False)[0]
             if cfg:
-                v_uncond = self.transformer(
-                    hidden_states=latents.to(dtype), timestep=timestep, **uncond, return_dict=False
-                )[0]
+                with self.transformer.cache_context("uncond"):
+                    v_uncond = self.transformer(
+                        hidden_states=latents.to(dtype), timestep=timestep, **uncond, return_dict=False
+                    )[0]
                 v = v_uncond + guidance_scale * (v - v_uncond)
             latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+        self._current_timestep = None
+        self.maybe_free_model_hooks()
         return unpack_images(latents.float()).cpu()
 
     def _inputs(self, prompts: list[str], device, dtype) -> dict[str, torch.Tensor]:
