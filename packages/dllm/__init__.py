@@ -1,2 +1,32 @@
-"""forecache.dllm: diffusion language models (native LLaDA, dLLM-Cache, Fast-dLLM style KV caching
-and parallel decoding). Builds on forecache.core; nothing is implemented here yet."""
+"""forecache.dllm: diffusion language models.
+
+A native LLaDA (arXiv:2502.09992) that loads the official checkpoints without remote code, its sampler
+(semi-autoregressive blocks, low-confidence or random remasking, CFG, left-padded batches), and
+dLLM-Cache (arXiv:2506.06295). Builds on forecache.core.
+
+    from forecache.dllm import load_llada, load_tokenizer, generate, dllm_cache
+    tokens = generate(model, ids, mask, steps=128, gen_length=128, block_length=32, cache=dllm_cache())
+"""
+
+from .cache_protocol import CachePolicy, CacheState
+from .checkpoint import load_llada, load_tokenizer, save_llada
+from .config import LLaDAConfig
+from .dllm_cache import DllmCache, dllm_cache
+from .model import LayerRunner, LLaDABlock, LLaDAModel
+from .sampler import generate, pad_prompts
+
+__all__ = [
+    "CachePolicy",
+    "CacheState",
+    "DllmCache",
+    "LLaDABlock",
+    "LLaDAConfig",
+    "LLaDAModel",
+    "LayerRunner",
+    "dllm_cache",
+    "generate",
+    "load_llada",
+    "load_tokenizer",
+    "pad_prompts",
+    "save_llada",
+]

@@ -1,0 +1,57 @@
+"""Per-layer token features that dLLM-Cache (arXiv 2506.06295) keeps between denoising steps.
+
+For every row and every token of one layer the cache holds the token's key and value (as the attention of
+later steps reads them) and the two residual deltas the layer adds to it: the attention output (after
+``attn_out``) and the FFN output. The residual stream itself is never stored: a reused token leaves the layer
+as ``(x_in + attn) + ffn`` with its *current* input ``x_in``, so what changed in earlier layers still flows on.
+
+Token subsets are given per row as absolute positions ``pos`` (LongTensor ``(B, n)``); rows may pick
+different tokens, which is how the rows of a batch (and the two halves of a CFG batch) decide independently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+def take_tokens(t: Tensor, pos: Tensor, dim: int = 1) -> Tensor:
+    """Rows' tokens ``pos`` (B, n) of ``t``, whose token axis is ``dim``: (B, L, D) or (B, H, L, hd) -> n tokens."""
+    shape = [1] * t.dim()
+    shape[0], shape[dim] = pos.shape
+    index = pos.view(shape).expand(*t.shape[:dim], pos.shape[1], *t.shape[dim + 1 :])
+    return t.gather(dim, index)
+
+
+def put_tokens(t: Tensor, pos: Tensor, src: Tensor, dim: int = 1) -> None:
+    """Write ``src`` (``t``'s shape with n tokens on ``dim``) into ``t`` at each row's positions ``pos``, in place."""
+    shape = [1] * t.dim()
+    shape[0], shape[dim] = pos.shape
+    t.scatter_(dim, pos.view(shape).expand_as(src), src.to(t.dtype))
+
+
+@dataclass
+class LayerFeatures:
+    """One layer's cached features for all ``L`` tokens of all ``B`` rows.
+
+    Attributes:
+        k: keys (B, Hkv, L, hd), RoPE applied (positions never change within a generation).
+        v: values (B, Hkv, L, hd) as of each token's last recomputation: the reference V-verify compares with.
+        attn: attention residual delta (B, L, D).
+        ffn: FFN residual delta (B, L, D).
+    """
+
+    k: Tensor
+    v: Tensor
+    attn: Tensor
+    ffn: Tensor
+
+    def write_kv(self, pos: Tensor, k: Tensor, v: Tensor) -> None:
+        """Store fresh keys/values (B, Hkv, n, hd) of the tokens ``pos`` (B, n)."""
+        put_tokens(self.k, pos, k, dim=2)
+        put_tokens(self.v, pos, v, dim=2)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.attn, self.ffn))

@@ -1,0 +1,243 @@
+"""The LLaDA sampler: semi-autoregressive masked-diffusion decoding (Nie et al., arXiv 2502.09992, Sec. 2.4, App. B).
+
+The answer starts fully masked and is split into ``gen_length // block_length`` blocks decoded left to right.
+Each block gets ``steps // num_blocks`` model calls; the masked tokens of a block are committed evenly over
+them (LLaDA's linear noise schedule makes the expected number per step constant). At every step the model
+proposes a token for every masked position (argmax, or Gumbel-max sampling at ``temperature``) and the
+sampler keeps the scheduled number of them: the most confident ones (``"low_confidence"`` remasking, the
+rest stay masked) or random ones (``"random"``). Only the current block can be committed, so the model is
+asked for the logits of that block alone (``logits_at``), which is lossless.
+
+A :class:`~forecache.dllm.cache_protocol.CachePolicy` plugs in through ``cache``; see that module for when
+it is called and with what.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .cache_protocol import CachePolicy
+
+REMASKING = ("low_confidence", "random")
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id lists into ``(input_ids, attention_mask)``, both LongTensor ``(B, max_len)``.
+
+    Left padding keeps every answer starting at the same column, which the block schedule relies on.
+    """
+    if len(prompts) == 0:
+        raise ValueError("pad_prompts got no prompts; pass a non-empty list of token-id lists")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty; give every prompt at least one token (e.g. a BOS token)")
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        input_ids[i, width - len(prompt) :] = torch.as_tensor(list(prompt), dtype=torch.long)
+        attention_mask[i, width - len(prompt) :] = 1
+    return input_ids, attention_mask
+
+
+def num_transfer_tokens(masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """Tokens to commit per step, LongTensor ``(B, steps)``, from a block's mask ``masked`` (bool ``(B, n)``).
+
+    Each row's masked count is spread evenly, the remainder going to the first steps: 10 over 4 -> 3, 3, 2, 2.
+    """
+    count = masked.sum(dim=1, keepdim=True)
+    extra = torch.arange(steps, device=masked.device).unsqueeze(0) < count % steps
+    return count // steps + extra.long()
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    steps: int = 128,
+    gen_length: int = 128,
+    block_length: int = 128,
+    temperature: float = 0.0,
+    cfg_scale: float = 0.0,
+    remasking: str = "low_confidence",
+    mask_id: int | None = None,
+    cache: CachePolicy | None = None,
+    generator: Generator = None,
+    progress: bool = False,
+    return_stats: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+    """Generate ``gen_length`` tokens after each prompt with LLaDA's sampler (arXiv 2502.09992).
+
+    Args:
+        model: a ``LLaDAModel`` (anything with ``config.mask_token_id``, ``config.max_sequence_length``,
+            ``config.vocab_size``/``embedding_size`` and ``forward(ids, mask, *, runner, logits_at)``).
+        input_ids: LongTensor ``(B, P)``, left-padded prompts (see :func:`pad_prompts`).
+        attention_mask: ``(B, P)``, 1 on prompt tokens and 0 on the left pads; ``None`` = no padding.
+        steps: model calls in total (default 128), a multiple of ``gen_length // block_length``.
+        gen_length: answer length (default 128). block_length: block size (default 128 = one block).
+        temperature: Gumbel-max sampling temperature; 0 (default) = greedy argmax.
+        cfg_scale: unsupervised classifier-free guidance scale (default 0 = off). When > 0 the model sees one
+            batch of 2B rows, conditional rows first, then the same rows with the prompt masked, and the logits
+            are ``uncond + (cfg_scale + 1) * (cond - uncond)``.
+        remasking: ``"low_confidence"`` (default; keep the most probable proposals) or ``"random"``.
+        mask_id: the [MASK] id; default ``model.config.mask_token_id`` (126336 for LLaDA-8B).
+        cache: a cache policy, started once per call and asked for a layer runner before every model call.
+        generator: one ``torch.Generator``, or one per row (then each row samples exactly as it would alone).
+            Noise is drawn on the generator's device (CPU by default) so results do not depend on the model's.
+        progress: show a tqdm bar over steps. return_stats: also return a stats dict.
+
+    Returns:
+        LongTensor ``(B, P + gen_length)``: the prompts followed by the answers; with ``return_stats`` the
+        tuple ``(tokens, {"steps", "blocks", "model_calls", "batch", "cache"})``.
+    """
+    mask_id = model.config.mask_token_id if mask_id is None else int(mask_id)
+    num_blocks, prompt_mask = _validate(
+        model, input_ids, attention_mask, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id
+    )
+    batch, prompt_length = input_ids.shape
+    if isinstance(generator, Sequence) and len(generator) != batch:
+        raise ValueError(f"got {len(generator)} generators for {batch} rows; pass one generator, or one per row")
+    device = input_ids.device
+    guided = cfg_scale > 0  # the official sampler skips the unconditional pass at scale 0, so do we
+    x = torch.full((batch, prompt_length + gen_length), mask_id, dtype=torch.long, device=device)
+    x[:, :prompt_length] = input_ids
+    uncond_prompt = torch.where(prompt_mask, mask_id, input_ids)  # pads stay pads: they are never attended
+    model_mask = None
+    if attention_mask is not None:
+        answer_ones = torch.ones(batch, gen_length, dtype=torch.long, device=device)
+        model_mask = torch.cat([attention_mask.long(), answer_ones], dim=1)
+        model_mask = torch.cat([model_mask, model_mask]) if guided else model_mask
+    state = cache.start(model, prompt_length, gen_length, block_length) if cache is not None else None
+    per_block = steps // num_blocks
+    step = 0
+    with tqdm(total=steps, desc="LLaDA sampling", disable=not progress) as bar:
+        for block in range(num_blocks):
+            cols = slice(prompt_length + block * block_length, prompt_length + (block + 1) * block_length)
+            schedule = num_transfer_tokens(x[:, cols] == mask_id, per_block)
+            at = torch.arange(cols.start, cols.stop, device=device).expand(2 * batch if guided else batch, -1)
+            for i in range(per_block):
+                seen = torch.cat([x, torch.cat([uncond_prompt, x[:, prompt_length:]], dim=1)]) if guided else x
+                runner = state.runner(seen, step, block) if state is not None else None
+                logits = model(seen, model_mask, runner=runner, logits_at=at)
+                if guided:
+                    cond, uncond = logits.chunk(2)
+                    logits = uncond + (cfg_scale + 1) * (cond - uncond)
+                x[:, cols] = _commit(x[:, cols], logits, schedule[:, i], mask_id, temperature, remasking, generator)
+                step += 1
+                bar.update()
+    if not return_stats:
+        return x
+    stats = {"steps": steps, "blocks": num_blocks, "model_calls": step, "batch": 2 * batch if guided else batch}
+    stats["cache"] = state.stats() if state is not None else None
+    return x, stats
+
+
+def _commit(
+    block_x: torch.Tensor,
+    logits: torch.Tensor,
+    k: torch.Tensor,
+    mask_id: int,
+    temperature: float,
+    remasking: str,
+    generator: Generator,
+) -> torch.Tensor:
+    """One denoising step on a block: commit ``k[b]`` of row b's masked positions, return the new block."""
+    batch, n, vocab = logits.shape
+    logits = logits.double()  # float64, as the official sampler: low-precision Gumbel-max hurts (arXiv 2409.02908)
+    if temperature > 0:
+        # Gumbel-max in log space: argmax(l - T log(-log u)) == argmax(exp(l) / (-log u)^T), without overflow
+        u = _uniform(generator, batch, (n, vocab), logits.device)
+        proposal = (logits - temperature * torch.log(-torch.log(u))).argmax(dim=-1)
+    else:
+        proposal = logits.argmax(dim=-1)
+    if remasking == "low_confidence":
+        confidence = torch.softmax(logits, dim=-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
+    else:
+        confidence = _uniform(generator, batch, (n,), logits.device)
+    masked = block_x == mask_id
+    confidence = confidence.masked_fill(~masked, -torch.inf)
+    # rank by confidence (stable: ties go to the leftmost position) and keep each row's top k
+    order = confidence.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=order.device).expand(batch, -1))
+    chosen = (rank < k.unsqueeze(-1)) & masked
+    return torch.where(chosen, proposal, block_x)
+
+
+def _uniform(generator: Generator, batch: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Float64 U[0, 1) noise ``(batch, *shape)`` drawn on the generator's device (CPU by default)."""
+    if isinstance(generator, Sequence):
+        rows = [torch.rand(shape, generator=g, device=g.device, dtype=torch.float64).to(device) for g in generator]
+        return torch.stack(rows)
+    where = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand((batch, *shape), generator=generator, device=where, dtype=torch.float64).to(device)
+
+
+def _validate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    steps: int,
+    gen_length: int,
+    block_length: int,
+    temperature: float,
+    cfg_scale: float,
+    remasking: str,
+    mask_id: int,
+) -> tuple[int, torch.Tensor]:
+    """Check the arguments of :func:`generate`; return the number of blocks and the prompt mask (bool ``(B, P)``)."""
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+        raise ValueError(
+            f"input_ids has shape {tuple(input_ids.shape)}; pass a non-empty (batch, prompt_length) LongTensor "
+            "(pad_prompts builds one from token-id lists)"
+        )
+    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
+        raise ValueError(
+            f"gen_length={gen_length} is not a positive multiple of block_length={block_length}; "
+            "choose a block_length that divides gen_length"
+        )
+    num_blocks = gen_length // block_length
+    if steps < num_blocks or steps % num_blocks:
+        raise ValueError(
+            f"steps={steps} is not a positive multiple of the number of blocks ({num_blocks} = gen_length / "
+            f"block_length); use steps = k * {num_blocks} or fewer blocks"
+        )
+    config = model.config
+    total = input_ids.shape[1] + gen_length
+    if total > config.max_sequence_length:
+        raise ValueError(
+            f"prompt ({input_ids.shape[1]}) + gen_length ({gen_length}) = {total} tokens exceeds "
+            f"model.config.max_sequence_length={config.max_sequence_length}; shorten the prompt or gen_length"
+        )
+    vocab = getattr(config, "embedding_size", None) or config.vocab_size
+    if not 0 <= mask_id < vocab:
+        raise ValueError(f"mask_id={mask_id} is outside the vocabulary [0, {vocab}); pass the model's mask token id")
+    if remasking not in REMASKING:
+        raise ValueError(f"unknown remasking {remasking!r}; use one of {REMASKING}")
+    if temperature < 0 or cfg_scale < 0:
+        raise ValueError(f"temperature={temperature} and cfg_scale={cfg_scale} must be >= 0; 0 turns each off")
+    if attention_mask is None:
+        prompt_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    else:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; "
+                "pass one 0/1 entry per prompt token"
+            )
+        if not ((attention_mask == 0) | (attention_mask == 1)).all():
+            raise ValueError("attention_mask must hold only 0 (pad) and 1 (token); convert it before calling")
+        prompt_mask = attention_mask.bool()
+        if (prompt_mask[:, :-1] & ~prompt_mask[:, 1:]).any():
+            raise ValueError("attention_mask has a 0 after a 1 (right padding); pad prompts on the left (pad_prompts)")
+    if (input_ids[prompt_mask] == mask_id).any():
+        raise ValueError(
+            f"a prompt contains the mask id {mask_id}; remove it from the prompt (only answer positions are masked)"
+        )
+    return num_blocks, prompt_mask

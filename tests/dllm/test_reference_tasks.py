@@ -1,0 +1,76 @@
+"""The reference diffusion LM's data: tasks, vocabulary and the SFT batch encoding."""
+
+import random
+
+import pytest
+import torch
+from forecache.dllm import LLaDAConfig, LLaDAModel
+from forecache.dllm.reference.tasks import (
+    TASKS,
+    answer_of,
+    example,
+    examples,
+    is_correct,
+)
+from forecache.dllm.reference.train import REFERENCE_CONFIG, encode, sft_loss
+from forecache.dllm.reference.vocab import EOS_ID, IDS, MASK_ID, PAD_ID, build_tokenizer
+
+
+def test_tasks_are_deterministic_and_right():
+    assert examples("kv", 3, 7) == examples("kv", 3, 7) != examples("kv", 3, 8)
+    kv = examples("kv", 20, 0)
+    for ex in kv:
+        words = ex.prompt.split()
+        assert len(words) >= 300  # long prompts are where prompt caching pays
+        key = words[-2]
+        assert " ".join(words[words.index(key) + 2:words.index(key) + 4]) == ex.answer
+    for ex in examples("add", 20, 0):
+        a, b = ex.prompt[4:-2].split(" + ")
+        assert int(a.replace(" ", "")) + int(b.replace(" ", "")) == int(ex.answer.replace(" ", ""))
+    rev = examples("reverse", 5, 0)
+    assert all(ex.answer.split() == ex.prompt.split()[2:][::-1] for ex in rev)
+    with pytest.raises(ValueError, match="choose one of"):
+        example("sort", random.Random(0))
+    with pytest.raises(ValueError, match="pairs"):
+        example("kv", random.Random(0), pairs=500)
+
+
+def test_scoring_reads_up_to_the_first_eos():
+    ex = examples("copy", 1, 0)[0]
+    assert is_correct(ex, ex.answer + " <eos> <eos> x")
+    assert not is_correct(ex, ex.answer + " a <eos>")
+    assert answer_of("<eos> 1 2") == ""
+
+
+def test_tokenizer_covers_every_task_word_and_pads_left(tmp_path):
+    tok = build_tokenizer()
+    for task in TASKS:
+        for ex in examples(task, 10, 1):
+            ids = tok(ex.prompt + " " + ex.answer)["input_ids"]
+            assert tok.unk_token_id not in ids
+            assert tok.decode(ids) == ex.prompt + " " + ex.answer
+    assert (tok.mask_token_id, tok.pad_token_id, tok.eos_token_id) == (MASK_ID, PAD_ID, EOS_ID)
+    from forecache.dllm import load_tokenizer
+
+    tok.save_pretrained(str(tmp_path))
+    assert load_tokenizer(tmp_path)("find k03 ->")["input_ids"] == [IDS["find"], IDS["k03"], IDS["->"]]
+
+
+def test_encode_left_pads_and_sft_loss_is_finite():
+    torch.manual_seed(0)
+    exs = [examples("add", 1, 0)[0], examples("copy", 1, 0)[0]]
+    ids, mask, width = encode(exs, 16)
+    assert ids.shape == (2, width + 16) and mask[:, width:].all()
+    for row, ex in enumerate(exs):
+        n = len(ex.prompt.split())
+        assert not mask[row, :width - n].any() and mask[row, width - n:].all()
+        answer = ids[row, width:].tolist()
+        assert answer[: len(ex.answer.split())] == [IDS[w] for w in ex.answer.split()]
+        assert set(answer[len(ex.answer.split()):]) == {EOS_ID}
+    with pytest.raises(ValueError, match="gen-length"):
+        encode(exs, 2)
+    config = LLaDAConfig.from_dict({**REFERENCE_CONFIG, "n_layers": 1, "d_model": 32, "n_heads": 2,
+                                    "n_kv_heads": 2, "mlp_hidden_size": 64})
+    loss = sft_loss(LLaDAModel(config), ids, mask, width, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
