@@ -5,7 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from torch.utils.flop_counter import FlopCounterMode
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+#: fused attention kernels torch's counter has no formula for; without them the attention of every model
+#: run on a CPU (``scaled_dot_product_attention`` dispatches to the CPU flash kernel) would count 0 FLOPs
+_MISSING_FORMULAS = {
+    op: _sdpa_flops for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+    if (op := getattr(torch.ops.aten, name, None)) is not None
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    """A ``FlopCounterMode`` (no display) that also counts the CPU's fused attention: QK^T and AV,
+    ``4·n_q·n_k·d`` per head and row, as torch counts the CUDA attention kernels."""
+    return FlopCounterMode(display=False, custom_mapping=_MISSING_FORMULAS)
 
 
 class FlopMeter:
@@ -20,7 +39,7 @@ class FlopMeter:
     def run(self, key: Hashable, rows: int, fn: Callable[[], Any]) -> Any:
         if not self.enabled or key in self._per_row or rows <= 0:
             return fn()
-        with FlopCounterMode(display=False) as mode:
+        with flop_counter() as mode:
             out = fn()
         self._per_row[key] = mode.get_total_flops() / rows
         return out

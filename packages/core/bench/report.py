@@ -33,18 +33,27 @@ def table(result: dict) -> str:
     """A Markdown table of one benchmark: one row per method, the baseline first."""
     fid = sorted({k for r in result["runs"] for k in r.get("fidelity", {})})
     met = sorted(set(result["baseline"]["metrics"]) | {k for r in result["runs"] for k in r.get("metrics", {})})
-    head = ["method", "peer", "FLOPs speedup", "wall speedup", *fid, *met, "cache MiB"]
-    rows = [["uncached", "", "1.00", "1.00", *["–"] * len(fid), *[_fmt(result["baseline"]["metrics"].get(k)) for k in met], "0"]]
+    base = result["baseline"]
+    unit = base.get("unit")  # benchmarks counting work in units (tokens) get throughput columns
+
+    def per_unit(r: dict) -> list[str]:
+        return [_fmt(r.get("units_per_s")), _fmt(r.get("flops_per_unit"))] if unit else []
+
+    head = ["method", "peer", "FLOPs speedup", "wall speedup", *fid, *met, "cache MiB",
+            *([f"{unit}s/s", f"FLOPs/{unit}"] if unit else [])]
+    rows = [["uncached", "", "1.00", "1.00", *["–"] * len(fid), *[_fmt(base["metrics"].get(k)) for k in met], "0",
+             *per_unit(base)]]
     for r in result["runs"]:
         if "skipped" in r:
-            rows.append([r["method"], "yes" if r["peer"] else "", "skipped", r["skipped"][:60], *[""] * (len(fid) + len(met) + 1)])
+            rows.append([r["method"], "yes" if r["peer"] else "", "skipped", r["skipped"][:60],
+                         *[""] * (len(fid) + len(met) + 1 + len(per_unit(r)))])
             continue
         cache = r.get("cache_bytes_peak")
         rows.append([
             r.get("label", r["method"]), "yes" if r["peer"] else "",
             f"{r['speedup_flops']:.2f}", f"{r['speedup_wall']:.2f}",
             *[_fmt(r["fidelity"].get(k)) for k in fid], *[_fmt(r["metrics"].get(k)) for k in met],
-            _fmt(cache / 2**20) if cache is not None else "–",
+            _fmt(cache / 2**20) if cache is not None else "–", *per_unit(r),
         ])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -123,9 +132,10 @@ def write(result: dict, out_dir: str | Path) -> Path:
 
 def _context(result: dict) -> str:
     b, hw = result["baseline"], result["hardware"]
+    work = f", {b['units']} {b['unit']}s ({b['units_per_s']:.3g} {b['unit']}s/s)" if "unit" in b else ""
     return (
         f"Model `{result['model']}`{' (quick)' if result.get('quick') else ''}, on {hw['device']} with "
-        f"{hw['threads']} threads; uncached: {b['wall_s']:.3f} s, {b['flops']:.3g} FLOPs. "
+        f"{hw['threads']} threads; uncached: {b['wall_s']:.3f} s, {b['flops']:.3g} FLOPs{work}. "
         "Speedups are against the uncached run; fidelity compares each method's outputs with the "
         "uncached outputs of the same seeds."
     )

@@ -6,6 +6,13 @@
   methods are timed with ``count_flops=False`` so the FLOP instrumentation is not timed.
 - Fidelity: each method's outputs against the uncached outputs of the same seeds and inputs;
   task metrics measured on both.
+
+Two optional hooks, for benchmarks whose work comes in countable units (generated tokens):
+- ``bench.units(out) -> int`` (with ``bench.unit``, a name such as ``"token"``): the baseline and each run
+  then also carry ``unit``, ``units``, ``units_per_s`` (units / median wall time) and ``flops_per_unit``.
+- a method's ``enable`` may return, instead of a ``CacheHandle``, any undo callable that also has
+  ``stats() -> dict``: that dict is recorded as the run's ``stats`` (its ``peak_cache_bytes``, if any, as
+  ``cache_bytes_peak``), for methods that are not forecache policies applied to a module.
 """
 
 from __future__ import annotations
@@ -17,9 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from ..flops import flop_counter
 from ..handle import CacheHandle
 from .protocol import Benchmark, Method
 
@@ -36,9 +43,27 @@ def _undo(enabled: Any) -> None:
 def _counted(bench: Benchmark) -> tuple[Any, float]:
     """Outputs of one ``generate()`` and the FLOPs its denoiser executed."""
     name = type(bench.denoiser()).__name__
-    with FlopCounterMode(display=False) as mode:
+    with flop_counter() as mode:
         out = bench.generate()
     return out, float(sum(mode.get_flop_counts().get(name, {}).values()))
+
+
+def _stats(enabled: Any) -> dict | None:
+    """What the method recorded about its counted run: a handle's stats, or an undo object's ``stats()``."""
+    if isinstance(enabled, CacheHandle):
+        return enabled.stats().as_dict()
+    stats = getattr(enabled, "stats", None)
+    return dict(stats()) if callable(stats) else None
+
+
+def _per_unit(bench: Benchmark, out: Any, wall: float, flops: float) -> dict:
+    """Throughput and cost per unit of work (e.g. tokens), for benchmarks with a ``units`` hook."""
+    units = getattr(bench, "units", None)
+    if units is None:
+        return {}
+    n = int(units(out))
+    return {"unit": getattr(bench, "unit", "unit"), "units": n,
+            "units_per_s": n / wall if wall else float("inf"), "flops_per_unit": flops / n if n else float("nan")}
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -85,7 +110,7 @@ def run_benchmark(
             continue
         try:
             out, flops = _counted(bench)
-            stats = enabled.stats().as_dict() if isinstance(enabled, CacheHandle) else None
+            stats = _stats(enabled)
         finally:
             _undo(enabled)
         walls = []
@@ -109,8 +134,9 @@ def run_benchmark(
             "speedup_flops": base_flops / flops if flops else float("inf"),
             "fidelity": bench.fidelity(out, ref),
             "metrics": bench.metrics(out),
-            "cache_bytes_peak": stats["peak_cache_bytes"] if stats else None,
+            "cache_bytes_peak": stats.get("peak_cache_bytes") if stats else None,
             "stats": stats,
+            **_per_unit(bench, out, wall, flops),
             **({"note": method.note} if method.note else {}),
         })
     if not base_walls:
@@ -127,7 +153,8 @@ def run_benchmark(
             "machine": platform.machine(),
         },
         "versions": _versions(),
-        "baseline": {"wall_s": statistics.median(base_walls), "flops": base_flops, "metrics": bench.metrics(ref)},
+        "baseline": {"wall_s": statistics.median(base_walls), "flops": base_flops, "metrics": bench.metrics(ref),
+                     **_per_unit(bench, ref, statistics.median(base_walls), base_flops)},
         "runs": runs,
     }
 
