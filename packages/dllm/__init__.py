@@ -2,7 +2,8 @@
 
 A native LLaDA (arXiv:2502.09992) that loads the official checkpoints without remote code, its sampler
 (semi-autoregressive blocks, low-confidence or random remasking, CFG, left-padded batches), and
-dLLM-Cache (arXiv:2506.06295). Builds on forecache.core.
+dLLM-Cache (arXiv:2506.06295), and Fast-dLLM's block-wise KV caches and confidence-threshold parallel
+decoding (arXiv:2505.22618). Builds on forecache.core.
 
     from forecache.dllm import load_llada, load_tokenizer, generate, dllm_cache
     tokens = generate(model, ids, mask, steps=128, gen_length=128, block_length=32, cache=dllm_cache())
@@ -12,6 +13,7 @@ from .cache_protocol import CachePolicy, CacheState
 from .checkpoint import load_llada, load_tokenizer, save_llada
 from .config import LLaDAConfig
 from .dllm_cache import DllmCache, dllm_cache
+from .fast_dllm import FastDllm, FastDllmCache, fast_dllm
 from .model import LayerRunner, LLaDABlock, LLaDAModel
 from .sampler import generate, pad_prompts
 
@@ -19,11 +21,14 @@ __all__ = [
     "CachePolicy",
     "CacheState",
     "DllmCache",
+    "FastDllm",
+    "FastDllmCache",
     "LLaDABlock",
     "LLaDAConfig",
     "LLaDAModel",
     "LayerRunner",
     "dllm_cache",
+    "fast_dllm",
     "generate",
     "load_llada",
     "load_tokenizer",

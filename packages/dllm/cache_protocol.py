@@ -43,8 +43,9 @@ class CacheState(Protocol):
                 ``B' = B`` (the caller's batch). Under CFG (``cfg_scale > 0``) ``B' = 2B``: rows ``[0, B)`` are
                 the conditional rows, rows ``[B, 2B)`` the unconditional ones, i.e. the same rows with every
                 real prompt token replaced by the mask id; both halves share the answer tokens.
-            step: index of this model call within the generation, from 0 to ``steps - 1``, global across
-                blocks (block ``b`` owns steps ``[b * steps_per_block, (b + 1) * steps_per_block)``).
+            step: index of this model call within the generation, from 0, global across blocks. With the
+                fixed schedule block ``b`` owns steps ``[b * steps_per_block, (b + 1) * steps_per_block)``;
+                under threshold or factor decoding (Fast-dLLM) a block takes as many calls as it needs.
             block: index of the block being decoded, from 0 to ``num_blocks - 1``; only positions
                 ``prompt_length + block * block_length + [0, block_length)`` can be committed at this step,
                 and only their logits are read (the sampler passes them as ``logits_at``).

@@ -8,8 +8,15 @@ sampler keeps the scheduled number of them: the most confident ones (``"low_conf
 rest stay masked) or random ones (``"random"``). Only the current block can be committed, so the model is
 asked for the logits of that block alone (``logits_at``), which is lossless.
 
+Fast-dLLM's confidence-aware parallel decoding (Wu et al., arXiv 2505.22618) replaces the fixed schedule
+when ``threshold`` or ``factor`` is given: each step commits every proposal confident enough (at least one per
+row), and a block ends as soon as it has no mask left, so the number of model calls per block varies (at most
+``block_length``) and ``steps`` is ignored, as in the reference code. Rows of a batch step together; a row whose
+block is done commits nothing until the others finish it. The rules live in :mod:`forecache.dllm.decoding`.
+
 A :class:`~forecache.dllm.cache_protocol.CachePolicy` plugs in through ``cache``; see that module for when
-it is called and with what.
+it is called and with what. ``step`` counts model calls globally; under a threshold or factor, block ``b`` owns
+a variable number of them.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cache_protocol import CachePolicy
+from .decoding import Generator, commit, num_transfer_tokens
+
+__all__ = ["REMASKING", "generate", "num_transfer_tokens", "pad_prompts"]
 
 REMASKING = ("low_confidence", "random")
-Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,16 +55,6 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
     return input_ids, attention_mask
 
 
-def num_transfer_tokens(masked: torch.Tensor, steps: int) -> torch.Tensor:
-    """Tokens to commit per step, LongTensor ``(B, steps)``, from a block's mask ``masked`` (bool ``(B, n)``).
-
-    Each row's masked count is spread evenly, the remainder going to the first steps: 10 over 4 -> 3, 3, 2, 2.
-    """
-    count = masked.sum(dim=1, keepdim=True)
-    extra = torch.arange(steps, device=masked.device).unsqueeze(0) < count % steps
-    return count // steps + extra.long()
-
-
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -73,6 +72,8 @@ def generate(
     generator: Generator = None,
     progress: bool = False,
     return_stats: bool = False,
+    threshold: float | None = None,
+    factor: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
     """Generate ``gen_length`` tokens after each prompt with LLaDA's sampler (arXiv 2502.09992).
 
@@ -81,7 +82,8 @@ def generate(
             ``config.vocab_size``/``embedding_size`` and ``forward(ids, mask, *, runner, logits_at)``).
         input_ids: LongTensor ``(B, P)``, left-padded prompts (see :func:`pad_prompts`).
         attention_mask: ``(B, P)``, 1 on prompt tokens and 0 on the left pads; ``None`` = no padding.
-        steps: model calls in total (default 128), a multiple of ``gen_length // block_length``.
+        steps: model calls in total (default 128), a multiple of ``gen_length // block_length``; ignored (not
+            even checked) under ``threshold`` or ``factor``, which end a block when it has no mask left.
         gen_length: answer length (default 128). block_length: block size (default 128 = one block).
         temperature: Gumbel-max sampling temperature; 0 (default) = greedy argmax.
         cfg_scale: unsupervised classifier-free guidance scale (default 0 = off). When > 0 the model sees one
@@ -90,17 +92,28 @@ def generate(
         remasking: ``"low_confidence"`` (default; keep the most probable proposals) or ``"random"``.
         mask_id: the [MASK] id; default ``model.config.mask_token_id`` (126336 for LLaDA-8B).
         cache: a cache policy, started once per call and asked for a layer runner before every model call.
-        generator: one ``torch.Generator``, or one per row (then each row samples exactly as it would alone).
+        generator: one ``torch.Generator``, or one per row (then each row samples exactly as it would alone, also
+            under ``threshold``/``factor``: a row whose block is done draws no noise while the others finish it).
             Noise is drawn on the generator's device (CPU by default) so results do not depend on the model's.
         progress: show a tqdm bar over steps. return_stats: also return a stats dict.
+        threshold: Fast-dLLM's confidence threshold in (0, 1] (arXiv 2505.22618; 0.9 in its evaluation): each
+            step commits every masked token of the block whose confidence (the remasking score) is >= threshold,
+            and at least the most confident one per row. Default None = LLaDA's fixed schedule.
+        factor: Fast-dLLM's factor-based rule, > 0 (1.0 in its evaluation), instead of ``threshold``: commit
+            the largest n whose sorted confidences satisfy ``(j + 1)(1 - c_(j)) <= factor`` for all j <= n.
 
     Returns:
         LongTensor ``(B, P + gen_length)``: the prompts followed by the answers; with ``return_stats`` the
-        tuple ``(tokens, {"steps", "blocks", "model_calls", "batch", "cache"})``.
+        tuple ``(tokens, {"steps", "blocks", "model_calls", "batch", "cache"})`` (``steps`` = model calls made);
+        under ``threshold``/``factor`` also ``"threshold"``, ``"factor"``, ``"calls_per_block"``, ``"row_calls"``
+        (per row, the calls in which its block still had a mask) and ``"tokens_per_call"`` (``gen_length`` /
+        model calls).
     """
     mask_id = model.config.mask_token_id if mask_id is None else int(mask_id)
+    parallel = _validate_parallel(threshold, factor)
     num_blocks, prompt_mask = _validate(
-        model, input_ids, attention_mask, steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id
+        model, input_ids, attention_mask, None if parallel else steps, gen_length, block_length, temperature,
+        cfg_scale, remasking, mask_id,
     )
     batch, prompt_length = input_ids.shape
     if isinstance(generator, Sequence) and len(generator) != batch:
@@ -118,73 +131,60 @@ def generate(
     state = cache.start(model, prompt_length, gen_length, block_length) if cache is not None else None
     per_block = steps // num_blocks
     step = 0
-    with tqdm(total=steps, desc="LLaDA sampling", disable=not progress) as bar:
+    calls_per_block: list[int] = []
+    row_calls = torch.zeros(batch, dtype=torch.long, device=device)
+    with tqdm(total=None if parallel else steps, desc="LLaDA sampling", disable=not progress) as bar:
         for block in range(num_blocks):
             cols = slice(prompt_length + block * block_length, prompt_length + (block + 1) * block_length)
-            schedule = num_transfer_tokens(x[:, cols] == mask_id, per_block)
+            schedule = None if parallel else num_transfer_tokens(x[:, cols] == mask_id, per_block)
             at = torch.arange(cols.start, cols.stop, device=device).expand(2 * batch if guided else batch, -1)
-            for i in range(per_block):
+            i = 0
+            # the fixed schedule runs its steps even when they commit nothing (as LLaDA's code does); the
+            # confidence rules stop when no row of the batch has a mask left in the block
+            while (i < per_block) if schedule is not None else bool((x[:, cols] == mask_id).any()):
                 seen = torch.cat([x, torch.cat([uncond_prompt, x[:, prompt_length:]], dim=1)]) if guided else x
                 runner = state.runner(seen, step, block) if state is not None else None
                 logits = model(seen, model_mask, runner=runner, logits_at=at)
                 if guided:
                     cond, uncond = logits.chunk(2)
                     logits = uncond + (cfg_scale + 1) * (cond - uncond)
-                x[:, cols] = _commit(x[:, cols], logits, schedule[:, i], mask_id, temperature, remasking, generator)
+                row_calls += (x[:, cols] == mask_id).any(dim=1)
+                k = None if schedule is None else schedule[:, i]
+                x[:, cols] = commit(x[:, cols], logits, mask_id, temperature, remasking, generator, k=k,
+                                    threshold=threshold, factor=factor)
+                i += 1
                 step += 1
                 bar.update()
+            calls_per_block.append(i)
     if not return_stats:
         return x
-    stats = {"steps": steps, "blocks": num_blocks, "model_calls": step, "batch": 2 * batch if guided else batch}
+    stats: dict[str, Any] = {"steps": step, "blocks": num_blocks, "model_calls": step}
+    stats["batch"] = 2 * batch if guided else batch
+    if parallel:
+        stats |= {"threshold": threshold, "factor": factor, "calls_per_block": calls_per_block,
+                  "row_calls": row_calls.tolist(), "tokens_per_call": gen_length / max(step, 1)}
     stats["cache"] = state.stats() if state is not None else None
     return x, stats
 
 
-def _commit(
-    block_x: torch.Tensor,
-    logits: torch.Tensor,
-    k: torch.Tensor,
-    mask_id: int,
-    temperature: float,
-    remasking: str,
-    generator: Generator,
-) -> torch.Tensor:
-    """One denoising step on a block: commit ``k[b]`` of row b's masked positions, return the new block."""
-    batch, n, vocab = logits.shape
-    logits = logits.double()  # float64, as the official sampler: low-precision Gumbel-max hurts (arXiv 2409.02908)
-    if temperature > 0:
-        # Gumbel-max in log space: argmax(l - T log(-log u)) == argmax(exp(l) / (-log u)^T), without overflow
-        u = _uniform(generator, batch, (n, vocab), logits.device)
-        proposal = (logits - temperature * torch.log(-torch.log(u))).argmax(dim=-1)
-    else:
-        proposal = logits.argmax(dim=-1)
-    if remasking == "low_confidence":
-        confidence = torch.softmax(logits, dim=-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
-    else:
-        confidence = _uniform(generator, batch, (n,), logits.device)
-    masked = block_x == mask_id
-    confidence = confidence.masked_fill(~masked, -torch.inf)
-    # rank by confidence (stable: ties go to the leftmost position) and keep each row's top k
-    order = confidence.argsort(dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=order.device).expand(batch, -1))
-    chosen = (rank < k.unsqueeze(-1)) & masked
-    return torch.where(chosen, proposal, block_x)
-
-
-def _uniform(generator: Generator, batch: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Float64 U[0, 1) noise ``(batch, *shape)`` drawn on the generator's device (CPU by default)."""
-    if isinstance(generator, Sequence):
-        rows = [torch.rand(shape, generator=g, device=g.device, dtype=torch.float64).to(device) for g in generator]
-        return torch.stack(rows)
-    where = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand((batch, *shape), generator=generator, device=where, dtype=torch.float64).to(device)
+def _validate_parallel(threshold: float | None, factor: float | None) -> bool:
+    """Check Fast-dLLM's knobs; True when one of them replaces the fixed schedule."""
+    if threshold is not None and factor is not None:
+        raise ValueError(
+            f"threshold={threshold} and factor={factor} are both set; they are alternative commit rules, pass one"
+        )
+    if threshold is not None and (isinstance(threshold, bool) or not 0.0 < float(threshold) <= 1.0):
+        raise ValueError(f"threshold={threshold!r} must be in (0, 1] (0.9 in Fast-dLLM); None = fixed schedule")
+    if factor is not None and (isinstance(factor, bool) or not float(factor) > 0.0):
+        raise ValueError(f"factor={factor!r} must be > 0 (1.0 in Fast-dLLM); None = fixed schedule")
+    return threshold is not None or factor is not None
 
 
 def _validate(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    steps: int,
+    steps: int | None,
     gen_length: int,
     block_length: int,
     temperature: float,
@@ -192,7 +192,8 @@ def _validate(
     remasking: str,
     mask_id: int,
 ) -> tuple[int, torch.Tensor]:
-    """Check the arguments of :func:`generate`; return the number of blocks and the prompt mask (bool ``(B, P)``)."""
+    """Check the arguments of :func:`generate` (``steps=None``: not used); return the number of blocks and the
+    prompt mask (bool ``(B, P)``)."""
     if input_ids.dim() != 2 or input_ids.shape[0] == 0:
         raise ValueError(
             f"input_ids has shape {tuple(input_ids.shape)}; pass a non-empty (batch, prompt_length) LongTensor "
@@ -204,7 +205,7 @@ def _validate(
             "choose a block_length that divides gen_length"
         )
     num_blocks = gen_length // block_length
-    if steps < num_blocks or steps % num_blocks:
+    if steps is not None and (steps < num_blocks or steps % num_blocks):
         raise ValueError(
             f"steps={steps} is not a positive multiple of the number of blocks ({num_blocks} = gen_length / "
             f"block_length); use steps = k * {num_blocks} or fewer blocks"

@@ -230,6 +230,17 @@ def test_preset_defaults_and_citation():
         ({"rho": 1.5}, "rho"),
         ({"rho": "0.25"}, "rho"),
         ({"always_full_layers": -1}, "always_full_layers"),
+        ({"reuse_unchanged_qkv": -1}, "reuse_unchanged_qkv"),
+        ({"reuse_unchanged_qkv": True}, "reuse_unchanged_qkv"),
+        ({"verify_scope": "blocks"}, "verify_scope"),
+        ({"response_refresh": "adaptive"}, "response_refresh"),
+        ({"response_refresh": "drift"}, "drift_threshold"),  # no paper default: it must be given
+        ({"response_refresh": "drift", "drift_threshold": -0.1}, "drift_threshold"),
+        ({"response_refresh": "drift", "drift_threshold": float("nan")}, "drift_threshold"),
+        ({"drift_threshold": 0.1}, "drift_threshold"),  # set without response_refresh="drift": would do nothing
+        ({"drift_layer": 1}, "drift_layer"),
+        ({"response_refresh": "drift", "drift_threshold": 0.1, "drift_layer": -1}, "drift_layer"),
+        ({"response_refresh": "drift", "drift_threshold": 0.1, "drift_accumulate": 1}, "drift_accumulate"),
     ],
 )
 def test_bad_config_raises(kwargs, field):
@@ -243,3 +254,14 @@ def test_bad_use_raises(model):
     state = DllmCache().start(model, 4, 12, 6)
     with pytest.raises(ValueError, match="prompt_length \\+ gen_length"):
         state.runner(torch.zeros(1, 10, dtype=torch.long), 0, 0)
+    with pytest.raises(ValueError, match="block_length"):
+        DllmCache().start(model, 4, 12, 5)
+    drift = DllmCache(response_refresh="drift", drift_threshold=0.1, drift_layer=2)
+    with pytest.raises(ValueError, match="drift_layer"):  # the model has 2 layers
+        drift.start(model, 4, 12, 6)
+    with pytest.raises(ValueError, match="drift_layer"):  # layer 0 is always computed in full: it verifies nothing
+        DllmCache(response_refresh="drift", drift_threshold=0.1, drift_layer=0, always_full_layers=1).start(
+            model, 4, 12, 6)
+    state = DllmCache(verify_scope="block").start(model, 4, 12, 6)
+    with pytest.raises(ValueError, match="block=2"):
+        state.runner(torch.zeros(1, 16, dtype=torch.long), 0, 2)

@@ -1,0 +1,227 @@
+"""Fast-dLLM's block-wise approximate KV cache (Wu et al., arXiv 2505.22618, Sec. 3.2) and its presets.
+
+Under semi-autoregressive decoding only the current block changes within a block, and the keys/values of the
+other tokens barely move from one step to the next. So at the first model call of each block every token is
+computed and every layer's K/V are stored; at the block's other calls
+
+- the prefix cache (``FastDllmCache(dual=False)``) reuses the K/V of the prefix (prompt and earlier blocks) and
+  recomputes the current block *and the whole still-masked suffix*, as the reference's prefix cache does (it
+  runs the model on ``x[:, block_start:]``);
+- DualCache (``FastDllmCache(dual=True)``, the default) also reuses the suffix's K/V and computes the current block's
+  tokens only (queries, K/V, attention, FFN), attending over cached prefix, fresh block and cached suffix.
+
+The first call of a block is bit-identical to the uncached model; it refreshes the whole cache, which is the
+method's only cache update. The runner returns the full ``(B', L, D)`` hidden states, but on the other calls
+only the computed span holds real outputs: every other position passes its layer *input* on unchanged (stale).
+That is enough because the sampler reads logits at the current block only (``logits_at``); do not use this
+cache with a caller that reads logits elsewhere.
+
+Confidence-aware parallel decoding, the paper's other half, is a sampler option
+(``generate(..., threshold=0.9)``); :func:`fast_dllm` bundles both with the paper's settings.
+
+Deviations from the reference code (NVlabs/Fast-dLLM ``llada/generate.py``), on purpose:
+- left-padded batches: padded keys stay masked on every call, and positions are per row (the reference's
+  cached path takes one unpadded prompt);
+- CFG: the 2B-row guided batch is cached row by row like any other batch (the reference has no CFG);
+- one state per ``generate()`` call; a change of batch size refreshes the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .model import LayerRunner, LLaDABlock
+
+CacheKind = Literal["dual", "prefix"]
+
+
+@dataclass(frozen=True)
+class FastDllmCache:
+    """Fast-dLLM's block-wise KV cache (arXiv 2505.22618) as a ``CachePolicy``; ``start()`` opens one generation.
+
+    Attributes:
+        dual: True (default, the paper's fastest setting) = DualCache, reuse prefix and suffix K/V and compute
+            the current block only; False = prefix cache, reuse the prefix and recompute block and suffix.
+    """
+
+    dual: bool = True
+
+    def __post_init__(self) -> None:
+        if type(self.dual) is not bool:  # a ValueError like every config error (DESIGN.md), not TypeError
+            raise ValueError(f"FastDllmCache.dual={self.dual!r} must be a bool (True = DualCache, False = prefix)")
+
+    def start(self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int) -> FastDllmCacheState:
+        """A fresh per-generation state for ``model`` (a ``LLaDAModel``); nothing is shared between states."""
+        blocks = getattr(model, "blocks", None)
+        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+            raise ValueError("FastDllmCache.start: model has no `blocks` ModuleList; pass a LLaDAModel")
+        if prompt_length < 0 or gen_length < 1 or block_length < 1 or gen_length % block_length:
+            raise ValueError(
+                f"FastDllmCache.start: prompt_length={prompt_length}, gen_length={gen_length}, "
+                f"block_length={block_length}; need prompt_length >= 0 and block_length dividing gen_length"
+            )
+        return FastDllmCacheState(self, len(blocks), prompt_length, gen_length, block_length)
+
+
+class FastDllmCacheState:
+    """The per-layer K/V of one generation (one ``generate()`` call), refreshed at the first call of each block.
+
+    Rows (2B under CFG) are independent: each keeps its own K/V and only its own keys are ever attended to.
+    """
+
+    def __init__(
+        self, policy: FastDllmCache, n_layers: int, prompt_length: int, gen_length: int, block_length: int
+    ) -> None:
+        self.policy, self.prompt_length = policy, prompt_length
+        self.gen_length, self.block_length = gen_length, block_length
+        self.k: list[Tensor | None] = [None] * n_layers
+        self.v: list[Tensor | None] = [None] * n_layers
+        self._block: int | None = None
+        self._rows: int | None = None
+        self.steps = 0
+        self.refresh_steps: list[int] = []
+        self.token_layers = self.computed = 0  # token-layer computations a full model does / this cache did
+        self.cache_bytes_peak = 0
+
+    def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
+        """The layer runner for model call ``step`` on block ``block``: a full, cache-refreshing call when the
+        block (or the batch size) is new, else the cached call. Assumes, as the sampler guarantees, that only
+        the current block's tokens change between two calls of one block."""
+        rows, length = x.shape
+        if length != self.prompt_length + self.gen_length:
+            raise ValueError(
+                f"FastDllmCache: x has {length} columns, expected prompt_length + gen_length = "
+                f"{self.prompt_length + self.gen_length}; start a new state for a new request"
+            )
+        if not 0 <= block < self.gen_length // self.block_length:
+            raise ValueError(f"FastDllmCache: block={block} is outside [0, {self.gen_length // self.block_length})")
+        refresh = block != self._block or rows != self._rows or self.k[-1] is None
+        if refresh:
+            self._block, self._rows = block, rows
+            self.k, self.v = [None] * len(self.k), [None] * len(self.v)  # drop the old block's K/V first
+            self.refresh_steps.append(step)
+        self.steps += 1
+        start = self.prompt_length + block * self.block_length
+        span = slice(start, start + self.block_length if self.policy.dual else length)
+
+        def run(i: int, layer: LLaDABlock, h: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor) -> Tensor:
+            self.token_layers += h.shape[0] * h.shape[1]
+            if refresh:
+                return self._full(i, layer, h, cos, sin, key_mask, span.start)
+            return self._cached(i, layer, h, cos, sin, key_mask, span)
+
+        return run
+
+    def _full(
+        self, i: int, layer: LLaDABlock, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor, start: int
+    ) -> Tensor:
+        """The layer exactly as ``LLaDABlock.forward`` computes it, storing the K/V later calls reuse: all of
+        them (DualCache) or the prefix's ``[0, start)`` only (prefix cache)."""
+        h = layer.attn_norm(x)
+        q, k = layer.project_qk(h, cos, sin)
+        v = layer.project_v(h)
+        x = x + layer.attend(q, k, v, key_mask)
+        keep = slice(None) if self.policy.dual else slice(0, start)
+        self.k[i], self.v[i] = k[:, :, keep].contiguous(), v[:, :, keep].contiguous()
+        self.computed += x.shape[0] * x.shape[1]
+        self.cache_bytes_peak = max(self.cache_bytes_peak, self.nbytes)
+        return x + layer.ffn(x)
+
+    def _cached(
+        self, i: int, layer: LLaDABlock, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor, span: slice
+    ) -> Tensor:
+        """Compute the tokens of ``span`` only; their queries attend over every key: stored ones outside the
+        span, fresh ones inside. Positions outside the span leave with their input (stale, never read)."""
+        xs = x[:, span]
+        h = layer.attn_norm(xs)
+        q, k = layer.project_qk(h, cos[:, span], sin[:, span])
+        v = layer.project_v(h)
+        k_all, v_all = self.k[i], self.v[i]
+        if self.policy.dual:  # overwrite the block's slot in place (the reference's replace_position)
+            k_all[:, :, span], v_all[:, :, span] = k, v
+        else:  # the prefix, then the fresh block and suffix
+            k_all, v_all = torch.cat([k_all, k.to(k_all.dtype)], dim=2), torch.cat([v_all, v.to(v_all.dtype)], dim=2)
+        xs = xs + layer.attend(q, k_all, v_all, key_mask)
+        xs = xs + layer.ffn(xs)
+        self.computed += xs.shape[0] * xs.shape[1]
+        out = x.clone()  # the model's buffer is not ours to overwrite
+        out[:, span] = xs
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored keys and values now."""
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v) if t is not None)
+
+    def stats(self) -> dict[str, Any]:
+        """Telemetry: ``compute_fraction`` = token-layers computed (queries, K/V, FFN) / what the uncached model
+        computes; ``refresh_steps`` = the full calls (the first of each block); ``cache_bytes_peak``."""
+        return {
+            "method": "fast_dllm_dual_cache" if self.policy.dual else "fast_dllm_prefix_cache",
+            "params": asdict(self.policy),
+            "steps": self.steps,
+            "compute_fraction": self.computed / max(self.token_layers, 1),
+            "refresh_steps": list(self.refresh_steps),
+            "cache_bytes_peak": self.cache_bytes_peak,
+        }
+
+
+@dataclass(frozen=True)
+class FastDllm:
+    """Fast-dLLM's settings for :func:`~forecache.dllm.sampler.generate`: a commit rule plus a KV cache.
+
+    ``generate(model, ids, mask, gen_length=256, **FastDllm().generate_kwargs())``. Only one of ``threshold``
+    and ``factor`` may be set; with neither the fixed schedule runs (then pass ``steps``).
+
+    Attributes:
+        threshold: confidence threshold of parallel decoding (0.9), or None.
+        factor: the factor-based rule's f (None; 1.0 in the reference's factor runs).
+        cache: ``"dual"`` (default), ``"prefix"`` or None (no KV cache).
+        block_length: semi-autoregressive block size (32); ``gen_length`` must be a multiple of it.
+    """
+
+    threshold: float | None = 0.9
+    factor: float | None = None
+    cache: CacheKind | None = "dual"
+    block_length: int = 32
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and self.factor is not None:
+            raise ValueError("FastDllm: set threshold or factor, not both (they are alternative commit rules)")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"FastDllm.threshold={self.threshold!r} must be in (0, 1] (0.9 in the paper)")
+        if self.factor is not None and not self.factor > 0.0:
+            raise ValueError(f"FastDllm.factor={self.factor!r} must be > 0 (1.0 in the reference code)")
+        if self.cache not in ("dual", "prefix", None):
+            raise ValueError(f"FastDllm.cache={self.cache!r}; use 'dual', 'prefix' or None")
+        if isinstance(self.block_length, bool) or not isinstance(self.block_length, int) or self.block_length < 1:
+            raise ValueError(f"FastDllm.block_length={self.block_length!r} must be an int >= 1 (32 in the paper)")
+
+    def policy(self) -> FastDllmCache | None:
+        """The ``CachePolicy`` for ``generate(cache=...)``, or None without a KV cache."""
+        return None if self.cache is None else FastDllmCache(dual=self.cache == "dual")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """``threshold``, ``factor``, ``cache`` and ``block_length`` for :func:`~forecache.dllm.sampler.generate`."""
+        return {"threshold": self.threshold, "factor": self.factor, "cache": self.policy(),
+                "block_length": self.block_length}
+
+
+def fast_dllm(
+    threshold: float | None = 0.9, cache: CacheKind | None = "dual", factor: float | None = None,
+    block_length: int = 32,
+) -> FastDllm:
+    """Fast-dLLM (Wu et al., "Fast-dLLM: Training-free Acceleration of Diffusion LLM by Enabling KV Cache and
+    Parallel Decoding", arXiv 2505.22618): block-wise KV cache plus confidence-aware parallel decoding.
+
+    Defaults are the reference evaluation's fastest LLaDA setting (``llada/eval_gsm8k.sh``: DualCache,
+    threshold 0.9, block length 32, gen length 256): ``fast_dllm()``. ``fast_dllm(None, factor=1.0)`` is the
+    factor rule of the reference's later scripts; ``fast_dllm(cache="prefix")`` the prefix cache;
+    ``fast_dllm(threshold=None)`` the cache alone on LLaDA's fixed schedule. Use as
+    ``generate(model, ids, mask, gen_length=256, **fast_dllm().generate_kwargs())``.
+    """
+    return FastDllm(threshold=threshold, factor=factor, cache=cache, block_length=block_length)
