@@ -13,6 +13,7 @@ from .cache_protocol import CachePolicy, CacheState
 from .checkpoint import load_llada, load_tokenizer, save_llada
 from .config import LLaDAConfig
 from .dllm_cache import DllmCache, dllm_cache
+from .drift_calibration import calibrate_drift
 from .fast_dllm import FastDllm, FastDllmCache, fast_dllm
 from .model import LayerRunner, LLaDABlock, LLaDAModel
 from .sampler import generate, pad_prompts
@@ -27,6 +28,7 @@ __all__ = [
     "LLaDAConfig",
     "LLaDAModel",
     "LayerRunner",
+    "calibrate_drift",
     "dllm_cache",
     "fast_dllm",
     "generate",
