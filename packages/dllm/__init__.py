@@ -11,16 +11,19 @@ decoding (arXiv:2505.22618). Builds on forecache.core.
 
 from .cache_protocol import CachePolicy, CacheState
 from .checkpoint import load_llada, load_tokenizer, save_llada
+from .combined import CombinedCache, fast_dllm_cache
 from .config import LLaDAConfig
 from .dllm_cache import DllmCache, dllm_cache
 from .drift_calibration import calibrate_drift
 from .fast_dllm import FastDllm, FastDllmCache, fast_dllm
 from .model import LayerRunner, LLaDABlock, LLaDAModel
+from .prefix_store import PrefixStore, with_prefix
 from .sampler import generate, pad_prompts
 
 __all__ = [
     "CachePolicy",
     "CacheState",
+    "CombinedCache",
     "DllmCache",
     "FastDllm",
     "FastDllmCache",
@@ -28,12 +31,15 @@ __all__ = [
     "LLaDAConfig",
     "LLaDAModel",
     "LayerRunner",
+    "PrefixStore",
     "calibrate_drift",
     "dllm_cache",
     "fast_dllm",
+    "fast_dllm_cache",
     "generate",
     "load_llada",
     "load_tokenizer",
     "pad_prompts",
     "save_llada",
+    "with_prefix",
 ]

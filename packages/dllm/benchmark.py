@@ -40,6 +40,7 @@ import torch
 from forecache.core.bench.protocol import Method
 
 from .cache_protocol import CachePolicy
+from .combined import fast_dllm_cache
 from .dllm_cache import DllmCache
 from .fast_dllm import FastDllmCache
 from .reference.evaluate import BLOCK_LENGTH, EVAL_SEED, GEN_LENGTH, STEPS, decode
@@ -169,6 +170,10 @@ def fast_dllm_methods(quick: bool) -> list[Method]:
     rows += [decoding_method("fast_dllm", {"cache": "dual", "threshold": t}, lambda: FastDllmCache(dual=True),
                              threshold=t, note="DualCache + threshold decoding, the paper's full method")
              for t in thresholds]
+    # Fast-dLLM + dLLM-Cache: the dual cache with dLLM-Cache's long prompt interval
+    rows += [decoding_method("fast_dllm_cache", {"K_p": kp, "threshold": t}, lambda kp=kp: fast_dllm_cache(kp),
+                             threshold=t, note="dual cache + threshold, prompt recomputed every K_p calls")
+             for kp in ((8,) if quick else (4, 8, 16)) for t in thresholds]
     return rows
 
 

@@ -27,15 +27,16 @@ Model args (``--model_args key=value,...``; defaults in brackets)
 ------------------------------------------------------------------
 ``pretrained`` (required): a local folder in the official LLaDA layout (see :mod:`.checkpoint`), with the
 tokenizer files unless ``tokenizer=DIR`` names another folder. ``cache`` [none]: a name in
-:data:`CACHE_PRESETS`; any other model arg is handed to that preset as a knob, e.g.
-``prompt_interval=50,response_interval=7,rho=0.25`` for ``dllm_cache``. ``steps`` [gen_length],
-``gen_length`` [each request's ``max_gen_toks``, else 256], ``block_length`` [gen_length: one block],
-``temperature`` [0], ``cfg_scale`` [0], ``remasking`` [low_confidence]: the sampler's
-(:func:`.sampler.generate`). ``batch_size`` [1]: prompts per ``generate`` call, and Monte-Carlo samples per
+:data:`.cache_presets.CACHE_PRESETS` (``dllm_cache``, ``fast_dllm_cache``); any other model arg is handed to
+that preset as a knob, e.g. ``prompt_interval=50,response_interval=7,rho=0.25`` for ``dllm_cache``.
+``steps`` [gen_length], ``gen_length`` [each request's ``max_gen_toks``, else 256], ``block_length``
+[gen_length: one block], ``temperature`` [0], ``cfg_scale`` [0], ``remasking`` [low_confidence]: the
+sampler's (:func:`.sampler.generate`). ``batch_size`` [1]: prompts per ``generate`` call, and Monte-Carlo samples per
 forward pass in ``loglikelihood``. ``mc_num`` [128]: Monte-Carlo samples per loglikelihood request.
 ``is_check_greedy`` [True]: compute the ``is_greedy`` flag of loglikelihood (costs one generation per request;
 the LLaDA authors turn it off when no metric reads it). ``dtype`` [auto: the checkpoint's], ``device``
-[cuda if available, else cpu], ``max_length`` [config.max_sequence_length], ``seed`` [1234].
+[cuda if available, else cpu], ``max_length`` [config.max_sequence_length], ``seed`` [1234]. The Monte-Carlo
+estimator itself is :func:`.likelihood.mc_loglikelihood` (no lm-eval dependency).
 
 A request's ``gen_kwargs`` may set ``until``, ``max_gen_toks`` (the answer length when ``gen_length`` is not a
 model arg; rounded up to a multiple of ``block_length``), ``temperature``/``do_sample`` and the diffusion knobs
@@ -60,121 +61,33 @@ Deviations from the official wrapper (GSAI-ML/LLaDA ``eval_llada.py``), each on 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import sys
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import lm_eval.models  # noqa: F401  get_model() imports the built-in models only while the registry is empty
 import torch
-import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from .cache_protocol import CachePolicy
+from .cache_presets import CACHE_PRESETS, resolve_cache
 from .checkpoint import load_llada, load_tokenizer
-from .dllm_cache import dllm_cache
+from .likelihood import masked_counts, mc_loglikelihood
 from .sampler import REMASKING, generate, pad_prompts
 
-logger = logging.getLogger(__name__)
+__all__ = ["CACHE_PRESETS", "LLaDAEvalLM", "main", "masked_counts", "mc_loglikelihood", "resolve_cache"]
 
-CACHE_PRESETS: dict[str, Callable[..., CachePolicy] | None] = {"none": None, "dllm_cache": dllm_cache}
-"""``cache=NAME`` -> the preset that builds the policy (``None``: uncached). Knobs are the preset's arguments."""
+logger = logging.getLogger(__name__)
 
 END_TOKENS = ("<|endoftext|>", "<|eot_id|>")  # LLaDA-8B's EOS and the Instruct model's end of turn
 DIFFUSION_GEN_KWARGS = ("steps", "gen_length", "block_length", "cfg_scale", "remasking")
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default answer budget (HFLM's max_gen_toks)
-
-
-def resolve_cache(name: str | None, **knobs: Any) -> CachePolicy | None:
-    """The cache policy ``CACHE_PRESETS[name](**knobs)``; ``None`` (or ``"none"``) means no cache."""
-    key = "none" if name is None else str(name)
-    if key not in CACHE_PRESETS:
-        raise ValueError(f"unknown cache={name!r}; use one of {sorted(CACHE_PRESETS)} (cache=none runs uncached)")
-    preset = CACHE_PRESETS[key]
-    accepted = set(inspect.signature(preset).parameters) if preset is not None else set()
-    unknown = sorted(set(knobs) - accepted)
-    if unknown:
-        raise ValueError(
-            f"unknown model_args {unknown}: neither a forecache-llada argument nor a knob of cache={key} "
-            f"(its knobs: {sorted(accepted) or 'none'}); check the spelling or pick another cache"
-        )
-    return None if preset is None else preset(**knobs)
-
-
-def masked_counts(length: int, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """How many of ``length`` continuation tokens each of ``rows`` samples masks, LongTensor ``(rows,)``.
-
-    Stratified over the batch as LLaDA's released evaluation code does (arXiv 2502.09992): one uniform offset, the
-    rows spaced ``length / rows`` apart modulo ``length``. Each count alone is uniform on ``{1, ..., length}`` (the
-    estimate stays unbiased) while one batch covers the range evenly (lower variance).
-    """
-    offset = torch.randint(length, (1,), generator=generator)
-    return (offset + torch.arange(rows) * length // rows) % length + 1
-
-
-def _continuation_logits(model: torch.nn.Module, x: torch.Tensor, prompt_length: int, cfg_scale: float,
-                         mask_id: int) -> torch.Tensor:
-    """Logits ``(B, L, V)`` at the continuation columns of ``x``; under CFG, ``uncond + (s + 1)(cond - uncond)``
-    with the prompt masked in the unconditional rows (the official ``get_logits``)."""
-    rows, width = x.shape
-    at = torch.arange(prompt_length, width, device=x.device).expand(rows, -1)
-    if cfg_scale <= 0:
-        return model(x, logits_at=at)
-    uncond = x.clone()
-    uncond[:, :prompt_length] = mask_id
-    cond, un = model(torch.cat([x, uncond]), logits_at=torch.cat([at, at])).chunk(2)
-    return un + (cfg_scale + 1) * (cond - un)
-
-
-@torch.no_grad()
-def mc_loglikelihood(
-    model: torch.nn.Module,
-    prefix: Sequence[int],
-    target: Sequence[int],
-    *,
-    mc_num: int = 128,
-    batch_size: int = 32,
-    cfg_scale: float = 0.0,
-    mask_id: int | None = None,
-    generator: torch.Generator | None = None,
-) -> float:
-    """Monte-Carlo estimate of ``log p(target | prefix)`` under a masked diffusion LM: the lower-variance form of
-    LLaDA's conditional likelihood bound (arXiv 2502.09992).
-
-    Each sample draws a count ``l`` uniform on ``{1..L}`` (``L = len(target)``, stratified by
-    :func:`masked_counts`), masks ``l`` target positions chosen uniformly, and scores
-    ``(L / l) * sum over masked i of log p(target_i | prefix, unmasked target)``; the mean over ``mc_num`` samples
-    (default 128, in forward passes of ``batch_size`` rows) estimates LLaDA's lower bound on the log-likelihood.
-    With ``L == 1`` every sample is the same exact value ``log p(target_0 | prefix, [MASK])``.
-    """
-    if len(target) == 0:
-        raise ValueError("mc_loglikelihood: the target is empty; score at least one token")
-    if mc_num < 1 or batch_size < 1:
-        raise ValueError(f"mc_loglikelihood: mc_num={mc_num} and batch_size={batch_size} must be >= 1")
-    mask_id = model.config.mask_token_id if mask_id is None else int(mask_id)
-    device = next(model.parameters()).device
-    P, L = len(prefix), len(target)
-    seq = torch.tensor([*prefix, *target], dtype=torch.long, device=device)
-    total, done = 0.0, 0
-    while done < mc_num:
-        rows = min(batch_size, mc_num - done)
-        counts = masked_counts(L, rows, generator)
-        rank = torch.rand(rows, L, generator=generator).argsort(dim=1).argsort(dim=1)  # a random order per row
-        masked = (rank < counts[:, None]).to(device)  # the first `count` positions of that order
-        x = seq.expand(rows, -1).clone()
-        x[:, P:] = torch.where(masked, mask_id, x[:, P:])
-        logits = _continuation_logits(model, x, P, cfg_scale, mask_id).float()
-        nll = F.cross_entropy(logits.flatten(0, 1), seq[P:].repeat(rows), reduction="none").view(rows, L)
-        total += ((nll * masked).sum(dim=1) * L / counts.to(device)).sum().item()
-        done += rows
-    return -total / mc_num
 
 
 class _GenSettings(NamedTuple):

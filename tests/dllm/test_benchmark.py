@@ -16,6 +16,7 @@ from forecache.dllm.benchmark import (
     decoding_method,
 )
 from forecache.dllm.checkpoint import save_llada
+from forecache.dllm.combined import CombinedCache
 from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.dllm_cache import DllmCache
 from forecache.dllm.fast_dllm import FastDllmCache
@@ -74,8 +75,9 @@ def test_rows_are_the_briefed_grids_and_undo_leaves_no_policy_behind():
         "fast_dllm_prefix_cache", "fast_dllm_dual_cache",
         *(f"parallel_decoding(threshold={t})" for t in (0.7, 0.8, 0.9)),
         *(f"fast_dllm(cache=dual,threshold={t})" for t in (0.7, 0.8, 0.9)),
+        *(f"fast_dllm_cache(K_p={k},threshold={t})" for k in (4, 8, 16) for t in (0.7, 0.8, 0.9)),
     ]
-    assert len(quick) == 5 + 4 and all(not m.peer for m in full + quick)
+    assert len(quick) == 5 + 4 + 1 and all(not m.peer for m in full + quick)
     decoding = Decoding()
     for method in full + quick:
         undo = method.enable(decoding, count_flops=False)
@@ -89,6 +91,8 @@ def test_rows_are_the_briefed_grids_and_undo_leaves_no_policy_behind():
             assert decoding.options == ({"threshold": threshold} if threshold is not None else {})
             if method.name == "parallel_decoding":
                 assert policy is None
+            elif method.name == "fast_dllm_cache":
+                assert isinstance(policy, CombinedCache) and policy.prompt_interval == method.params["K_p"]
             else:
                 assert isinstance(policy, FastDllmCache) and policy.dual == ("prefix" not in method.name)
         with pytest.raises(ValueError, match="already enabled"):

@@ -1,0 +1,246 @@
+"""Fast-dLLM's dual cache with dLLM-Cache's long prompt interval (a combination of arXiv 2505.22618 and 2506.06295).
+
+Fast-dLLM (Wu et al., arXiv 2505.22618, Sec. 3.2) recomputes *everything* at the first model call of each block
+and only the current block at the block's other calls (DualCache), so the prompt is recomputed once per block.
+dLLM-Cache (Liu et al., arXiv 2506.06295) observes that the prompt's features are nearly static over the
+denoising steps and recomputes them only every ``K_p`` calls (50 to 100 in its scripts). Combined, per model
+call ``step`` (counted from 0, globally across blocks, as both methods count):
+
+1. the prompt ``[0, P)`` is recomputed iff ``step % K_p == 0``: not at every block start, which is the saving
+   over Fast-dLLM;
+2. at the first call of each block every answer token ``[P, L)`` is recomputed. Why the whole answer, and not
+   only the current block and later: the dual cache computes a block *before* the sampler commits from its
+   logits, so the tokens committed at a block's last call have never been encoded with their final ids; the
+   finished block must be recomputed at the next block's first call, or its last commits stay invisible (their
+   stored keys/values are the mask's) until the next prompt refresh. The blocks before it have final ids and
+   drift only through their context, like the prompt, but dLLM-Cache finds the answer's features drift much
+   faster than the prompt's and refreshes every answer token, decoded ones included (every ``K_r`` calls);
+   Fast-dLLM refreshes them at every block start too. Recomputing them costs at most ``R - block_length``
+   tokens once per block, and keeps the answer exactly as fresh as under Fast-dLLM;
+3. at the block's other calls the *span* is recomputed: the current block (``span="block"``, DualCache, the
+   default), the block and every later one (``"suffix"``, Fast-dLLM's prefix cache) or the whole answer
+   (``"answer"``, dLLM-Cache's response). In full on every ``K_r``-th call of the block (``refresh_interval``,
+   counted from the block's first call, so threshold decoding's variable number of calls per block is handled);
+   in between, per row and layer, dLLM-Cache's V-verify recomputes the ``floor(rho * span)`` span tokens whose
+   fresh value vector is least similar to the stored one (``rho = 0``: nothing).
+
+Every other token is reused: its stored key/value serve the recomputed queries, and it leaves each layer as
+``(x_in + stored attn) + stored ffn`` (:class:`~forecache.dllm.cached_layers.CachedLayers`). A call whose
+recomputation covers every token is computed in full, bit-identical to the model. Exact identities, tested:
+``CombinedCache(1, "answer", 1)`` is the uncached model; on the fixed schedule with ``K_p`` = steps per block (so
+the prompt refresh falls on every block start) ``CombinedCache(K_p, "block")`` returns Fast-dLLM's DualCache
+logits bitwise, and ``CombinedCache(K_p, "suffix")`` its prefix cache's.
+
+Defaults of :func:`fast_dllm_cache` and why: ``span="block"`` with ``refresh_interval=1`` (and so ``rho=0``) is
+Fast-dLLM's DualCache inside a block: every commit lands in the current block, and its logits are the only
+ones read, so it is where staleness costs most and the paper recomputes it every call. ``prompt_interval=20``:
+dLLM-Cache's 50 (its GSM8K setting) is counted in calls of a schedule that commits one token per call, so the
+prompt goes stale over about 50 commits; under Fast-dLLM's confidence threshold (0.9) a call commits several
+tokens, and 20 calls keep about those 50 commits between prompt refreshes at an assumed 2.5 tokens per call (an
+assumption to calibrate on a trained model). Use with Fast-dLLM's sampler settings:
+``generate(model, ids, mask, gen_length=256, **{**fast_dllm().generate_kwargs(), "cache": fast_dllm_cache()})``
+(threshold 0.9, block length 32).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .cached_layers import CachedLayers, check_model, columns
+from .feature_store import take_tokens
+from .model import LayerRunner, LLaDABlock
+from .v_verify import pick_least_similar, value_similarity
+
+__all__ = ["SPANS", "CombinedCache", "CombinedCacheState", "fast_dllm_cache"]
+
+SPANS = ("block", "suffix", "answer")
+
+
+def _check_int(name: str, value: Any, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"CombinedCache.{name}={value!r} must be an int >= 1 ({hint})")
+
+
+@dataclass(frozen=True)
+class CombinedCache:
+    """Fast-dLLM's block-wise cache with dLLM-Cache's prompt interval and V-verify (see the module docstring).
+
+    Attributes:
+        prompt_interval: K_p, recompute the prompt on the calls with ``step % K_p == 0`` (20 in the preset).
+        span: what the calls after a block's first recompute: ``"block"`` (DualCache, default), ``"suffix"``
+            (the block and later blocks: Fast-dLLM's prefix cache) or ``"answer"`` (every answer token).
+        refresh_interval: K_r, recompute the whole span on every K_r-th call of a block (1: every call, default).
+        rho: between span refreshes, the fraction of the span's tokens V-verify recomputes per row and layer, in
+            [0, 1] (0, default: none); needs ``refresh_interval > 1``.
+    """
+
+    prompt_interval: int = 20
+    span: str = "block"
+    refresh_interval: int = 1
+    rho: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_int("prompt_interval", self.prompt_interval, "1 = recompute the prompt at every call")
+        if self.span not in SPANS:
+            raise ValueError(f"CombinedCache.span={self.span!r}: use one of {SPANS}")
+        _check_int("refresh_interval", self.refresh_interval, "1 = recompute the span at every call")
+        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 0.0 <= self.rho <= 1.0:
+            raise ValueError(f"CombinedCache.rho={self.rho!r} must be a number in [0, 1] (0.25 in dLLM-Cache)")
+        if self.rho > 0 and self.refresh_interval == 1:
+            raise ValueError(
+                f"CombinedCache.rho={self.rho} does nothing with refresh_interval=1 (every call recomputes the whole "
+                "span); set refresh_interval > 1 for V-verify between span refreshes, or rho=0"
+            )
+
+    def start(
+        self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int
+    ) -> CombinedCacheState:
+        """A fresh per-generation state for ``model`` (a ``LLaDAModel``); nothing is shared between states."""
+        check_model("CombinedCache", model, prompt_length, gen_length, block_length)
+        return CombinedCacheState(self, model, prompt_length, gen_length, block_length)
+
+
+def fast_dllm_cache(
+    prompt_interval: int = 20, span: str = "block", refresh_interval: int = 1, rho: float = 0.0
+) -> CombinedCache:
+    """Fast-dLLM + dLLM-Cache: Fast-dLLM's dual cache (Wu et al., arXiv 2505.22618) that recomputes the prompt
+    only every ``prompt_interval`` calls, as dLLM-Cache (Liu et al., arXiv 2506.06295) does, instead of at every
+    block start.
+
+    Defaults: K_p = 20, the current block recomputed at every call (DualCache), no V-verify; the reasons are in
+    :mod:`forecache.dllm.combined`. ``fast_dllm_cache(1, "answer")`` is bit-identical to no cache. Meant for
+    Fast-dLLM's threshold decoding (``generate(..., threshold=0.9, block_length=32, cache=fast_dllm_cache())``);
+    works on any schedule.
+    """
+    return CombinedCache(prompt_interval=prompt_interval, span=span, refresh_interval=refresh_interval, rho=rho)
+
+
+class _Plan(NamedTuple):
+    """What one model call recomputes (the same tokens in every layer, V-verify's picks aside)."""
+
+    prompt: bool  # the prompt [0, P)
+    part: tuple[int, int] | None  # columns recomputed in full: the answer at a block start, the span on a refresh
+    verify: int  # V-verify's picks per row among the span's tokens (0: none)
+    span: tuple[int, int]  # the span's columns
+    full: bool  # every token: the layer as the model computes it
+
+
+class CombinedCacheState(CachedLayers):
+    """The stored features and counters of one generation (one ``generate()`` call).
+
+    Rows (2B under CFG) are independent: each has its own features and its own V-verify picks. The first call of a
+    block is recognised by a change of ``block`` (or of the batch size), so blocks may take any number of calls.
+    """
+
+    def __init__(
+        self, policy: CombinedCache, model: nn.Module, prompt_length: int, gen_length: int, block_length: int
+    ) -> None:
+        super().__init__(model, prompt_length, gen_length, block_length)
+        self.policy = policy
+        self.steps = 0
+        self._block: int | None = None
+        self._call = 0  # calls since the current block's first
+        self.block_start_steps: list[int] = []
+        self.prompt_refresh_steps: list[int] = []
+        self.span_refresh_steps: list[int] = []
+        self.full_steps: list[int] = []
+        self.verified = self.selected = 0  # token-layers V-verified, V-verify picks
+        self.adaptive_row_layers = 0  # (row, layer) pairs where V-verify picked tokens
+
+    def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
+        """The layer runner for model call ``step`` (0-based, global across blocks) on block ``block``."""
+        P, R, bl = self.prompt_length, self.gen_length, self.block_length
+        length = x.shape[1]
+        if length != P + R:
+            raise ValueError(
+                f"CombinedCache: x has {length} columns, expected prompt_length + gen_length = {P + R}; start a new "
+                "state for a new request"
+            )
+        if not 0 <= block < R // bl:
+            raise ValueError(f"CombinedCache: block={block} is outside [0, {R // bl})")
+        dropped = self.begin_call(x)
+        first = dropped or block != self._block or self.store[-1] is None
+        if first:
+            self._block, self._call = block, 0
+            self.block_start_steps.append(step)
+        else:
+            self._call += 1
+        policy = self.policy
+        start = P + block * bl
+        lo, hi = {"block": (start, start + bl), "suffix": (start, length), "answer": (P, length)}[policy.span]
+        k = math.floor(policy.rho * (hi - lo) + 1e-9)
+        # rho = 1 picks every span token: a span refresh
+        refresh = not first and (self._call % policy.refresh_interval == 0 or k >= hi - lo)
+        part = (P, length) if first else (lo, hi) if refresh else None
+        prompt = step % policy.prompt_interval == 0
+        plan = _Plan(prompt, part, 0 if part else k, (lo, hi), prompt and part == (P, length))
+        self.steps += 1
+        if prompt:
+            self.prompt_refresh_steps.append(step)
+        if refresh:
+            self.span_refresh_steps.append(step)
+        if plan.full or self.store[-1] is None:
+            self.full_steps.append(step)
+
+        def run(i: int, layer: LLaDABlock, h: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor) -> Tensor:
+            return self._layer(plan, i, layer, h, cos, sin, key_mask)
+
+        return run
+
+    def _layer(
+        self, plan: _Plan, i: int, layer: LLaDABlock, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor
+    ) -> Tensor:
+        b, length, _ = x.shape
+        self.note_layer(b, length)
+        if self.store[i] is None or plan.full:
+            return self.full_layer(i, layer, x, cos, sin, key_mask)
+        hs, vs, pos = [], [], []
+        for lo, hi in ([(0, self.prompt_length)] if plan.prompt else []) + ([plan.part] if plan.part else []):
+            pos.append(columns(lo, hi, b, x.device))
+            h, v = self.values(i, layer, x, pos[-1])
+            hs.append(h)
+            vs.append(v)
+        fresh = None  # V-verify's fresh values of every candidate: attention reads them all, as in dLLM-Cache
+        if plan.verify > 0:
+            lo, hi = plan.span
+            h_cand, v_cand = self.values(i, layer, x, columns(lo, hi, b, x.device))
+            valid = key_mask.reshape(b, length)[:, lo:hi]  # the sampler never pads the answer; a caller might
+            k = min(plan.verify, int(valid.sum(-1).min()))
+            sim = value_similarity(v_cand, self.store[i].v[:, :, lo:hi])
+            self.verified += b * (hi - lo)
+            if k > 0:
+                pick = pick_least_similar(sim, k, None if bool(valid.all()) else valid)
+                hs.append(take_tokens(h_cand, pick))
+                vs.append(take_tokens(v_cand, pick, dim=2))
+                pos.append(pick + lo)
+                fresh = (lo, v_cand)
+                self.selected += pick.numel()
+                self.adaptive_row_layers += b
+        if not pos:  # nothing to recompute in this layer
+            return self.reuse(i, x)
+        return self.recompute(i, layer, x, cos, sin, key_mask, torch.cat(pos, dim=1), h=torch.cat(hs, dim=1),
+                              v=torch.cat(vs, dim=2), fresh=fresh)
+
+    def stats(self) -> dict[str, Any]:
+        """Telemetry: ``compute_fraction`` = token-layers computed (query, key/value, attention, FFN) / what the
+        uncached model computes; ``flops``/``flops_full``/``flops_fraction`` (matmul FLOPs as computed, V-verify's
+        values included, :mod:`forecache.dllm.flops`); the calls that started a block, refreshed the prompt,
+        refreshed the span, or computed everything; V-verify's work; ``cache_bytes_peak``."""
+        layers = self.layer_stats()
+        return {
+            "method": "fast_dllm_cache",
+            "params": asdict(self.policy),
+            "steps": self.steps,
+            **layers,
+            "v_verify_fraction": self.verified / max(self.token_layers, 1),
+            "avg_selected_per_row": self.selected / max(self.adaptive_row_layers, 1),
+            "block_start_steps": list(self.block_start_steps),
+            "prompt_refresh_steps": list(self.prompt_refresh_steps),
+            "span_refresh_steps": list(self.span_refresh_steps),
+            "full_steps": list(self.full_steps),
+        }
