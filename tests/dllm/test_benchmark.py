@@ -25,14 +25,6 @@ from forecache.dllm.reference.evaluate import GEN_LENGTH
 from forecache.dllm.reference.vocab import EOS_ID, IDS, MASK_ID, TOKENS, save_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the machine is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random LLaDA over the task vocabulary, saved as the reference model is (weights + tokenizer)."""

@@ -13,14 +13,6 @@ P, R = 3, 8  # prompt and answer columns
 MASK = 63
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the machine is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 class RowInvariantLinear(nn.Linear):
     """Rounds every row alike however many rows it multiplies (stock BLAS kernels need not)."""
 

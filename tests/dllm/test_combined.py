@@ -19,14 +19,6 @@ PROMPTS = [[3, 4, 5, 6, 7, 8], [9, 10], [11, 12, 13]]
 RUN = {"steps": 12, "gen_length": 12, "block_length": 4}  # 3 blocks of 4 calls
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the machine is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> LLaDAModel:
     """Random weights, grouped-query attention, larger than the default init: confident, varied answers, so

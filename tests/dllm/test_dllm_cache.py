@@ -13,14 +13,6 @@ from torch.utils.flop_counter import FlopCounterMode
 VOCAB, MASK = 64, 63
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the machine is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(n_layers: int = 2, seed: int = 0) -> LLaDAModel:
     """Random weights; grouped-query attention (4 query heads, 2 kv heads) so both head counts are exercised."""
     torch.manual_seed(seed)

@@ -21,14 +21,6 @@ RUN = {"steps": 12, "gen_length": 12, "block_length": 6}  # 2 blocks of 6 steps
 PROMPTS = [[5, 9, 2, 17, 30], [8, 1, 44]]  # left-padded to 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the machine is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(n_layers: int = 3, seed: int = 0) -> LLaDAModel:
     """Random weights, grouped-query attention; the head never proposes the mask (its row is zero, the other
     logits are random), so answers fill with real tokens and the cache sees inputs change, as with a trained

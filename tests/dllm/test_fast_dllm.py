@@ -20,14 +20,6 @@ MASK = 7  # the stand-in's mask id (vocabulary 0..7)
 LMASK = 39  # the tiny LLaDA's mask id (vocabulary 0..39)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the machine is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 class TableModel(nn.Module):
     """Logits depend only on the per-row position p: ``heights[p]`` on ``tokens[p]``, 0 on the 7 other tokens,
     so the confidence of position p is ``e^h / (e^h + 7)`` at every step. Records every call."""

@@ -28,14 +28,6 @@ from lm_eval.api.registry import get_model, model_registry
 GEN = "steps=8,gen_length=8,block_length=4"  # two blocks of four steps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the machine is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_llada(seed: int = 0, **overrides) -> LLaDAModel:
     """Random LLaDA over the reference word vocabulary. Weights are scaled up (default init makes a model this
     small answer one token everywhere) and norms perturbed, so answers vary with the prompt and the position."""

@@ -24,14 +24,6 @@ A, B = SHOTS + [40, 41], SHOTS + [42, 43, 44]  # two requests with it
 LAYERS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the machine is shared
-    yield
-    torch.set_num_threads(threads)
-
-
 class RowInvariantLinear(nn.Linear):
     """A linear layer whose result for a row does not depend on the other rows computed with it (BLAS kernels
     block by matrix shape, so a row computed among fewer rows may round differently in the last bit)."""

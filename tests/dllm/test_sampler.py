@@ -16,15 +16,6 @@ from torch import nn
 MASK = 7  # the stand-in models' mask id (vocabulary 0..7)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models gain nothing from threads, and the machine is shared
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TableModel(nn.Module):
     """A stand-in whose logits depend only on the (per-row) position: ``heights[p]`` on ``tokens[p]``, 0 elsewhere.
 
