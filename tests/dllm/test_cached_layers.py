@@ -7,18 +7,11 @@ import torch
 from forecache.dllm.cached_layers import CachedLayers, columns
 from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.model import LLaDAModel
-from torch import nn
+
+from .row_invariant import row_invariant
 
 P, R = 3, 8  # prompt and answer columns
 MASK = 63
-
-
-class RowInvariantLinear(nn.Linear):
-    """Rounds every row alike however many rows it multiplies (stock BLAS kernels need not)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = (x.unsqueeze(-2) * self.weight).sum(-1)
-        return y if self.bias is None else y + self.bias
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +19,7 @@ def model() -> LLaDAModel:
     torch.manual_seed(0)
     config = LLaDAConfig(d_model=32, n_heads=4, n_kv_heads=2, n_layers=1, mlp_hidden_size=64, vocab_size=64,
                          embedding_size=64, max_sequence_length=64, mask_token_id=MASK)
-    model = LLaDAModel(config).eval()
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
-                new = RowInvariantLinear(child.in_features, child.out_features, bias=child.bias is not None)
-                new.load_state_dict(child.state_dict())
-                setattr(module, name, new)
-    return model
+    return row_invariant(LLaDAModel(config).eval())
 
 
 def inputs(model):

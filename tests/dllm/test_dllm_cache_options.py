@@ -3,8 +3,6 @@ V-verify scope, and the FLOP count of the cached run."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from forecache.dllm.config import LLaDAConfig
@@ -12,9 +10,10 @@ from forecache.dllm.dllm_cache import DllmCache, dllm_cache
 from forecache.dllm.feature_store import changed_first
 from forecache.dllm.model import LLaDAModel
 from forecache.dllm.sampler import generate, pad_prompts
-from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+from .row_invariant import row_invariant
 
 VOCAB, MASK = 64, 63
 RUN = {"steps": 12, "gen_length": 12, "block_length": 6}  # 2 blocks of 6 steps
@@ -36,32 +35,6 @@ def tiny_model(n_layers: int = 3, seed: int = 0) -> LLaDAModel:
     return model
 
 
-class RowInvariantLinear(nn.Linear):
-    """A linear layer whose result for a row does not depend on the other rows computed with it.
-
-    BLAS kernels pick blockings by matrix shape, so a row multiplied alone or among others can differ in the
-    last bit; an elementwise product and a sum over the last axis round every row alike. With these in place
-    of the projections, reusing a projection is bitwise the same as recomputing it.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = (x.unsqueeze(-2) * self.weight).sum(-1)
-        return y if self.bias is None else y + self.bias
-
-
-def row_invariant(model: LLaDAModel) -> LLaDAModel:
-    """A copy of ``model`` with row-invariant q/k/v projections (the only matmuls whose row count the option
-    changes: attention and FFN see the same tokens either way)."""
-    model = copy.deepcopy(model)
-    for block in model.blocks:
-        for name in ("q_proj", "k_proj", "v_proj"):
-            old = getattr(block, name)
-            new = RowInvariantLinear(old.in_features, old.out_features, bias=old.bias is not None)
-            new.load_state_dict(old.state_dict())
-            setattr(block, name, new)
-    return model
-
-
 @pytest.fixture(scope="module")
 def model() -> LLaDAModel:
     return tiny_model()
@@ -69,7 +42,8 @@ def model() -> LLaDAModel:
 
 @pytest.fixture(scope="module")
 def exact_model(model) -> LLaDAModel:
-    return row_invariant(model)
+    # q/k/v are the only matmuls whose row count the option changes: attention and FFN see the same tokens
+    return row_invariant(model, ("q_proj", "k_proj", "v_proj"))
 
 
 def run_logged(model, policy, prompts=PROMPTS, **kw):

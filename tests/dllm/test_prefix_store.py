@@ -3,8 +3,6 @@ isolation of prefixes, left padding, eviction and budget, bad input."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from forecache.core.flops import flop_counter
@@ -15,22 +13,14 @@ from forecache.dllm.fast_dllm import FastDllmCache
 from forecache.dllm.model import LLaDAModel
 from forecache.dllm.prefix_store import PrefixEntry, PrefixStore, with_prefix
 from forecache.dllm.sampler import generate, pad_prompts
-from torch import nn
+
+from .row_invariant import row_invariant
 
 VOCAB, MASK = 64, 63
 RUN = {"steps": 12, "gen_length": 12, "block_length": 4}
 SHOTS = [5, 9, 2, 17, 30, 11]  # the shared few-shot prefix
 A, B = SHOTS + [40, 41], SHOTS + [42, 43, 44]  # two requests with it
 LAYERS = 3
-
-
-class RowInvariantLinear(nn.Linear):
-    """A linear layer whose result for a row does not depend on the other rows computed with it (BLAS kernels
-    block by matrix shape, so a row computed among fewer rows may round differently in the last bit)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = (x.unsqueeze(-2) * self.weight).sum(-1)
-        return y if self.bias is None else y + self.bias
 
 
 def tiny_model(seed: int = 0) -> LLaDAModel:
@@ -54,14 +44,7 @@ def model() -> LLaDAModel:
 def exact_model(model) -> LLaDAModel:
     """``model`` with every linear layer row-invariant. CPU attention is already row-invariant in its queries, so
     computing some tokens of a layer gives bitwise what computing all of them gives for those tokens."""
-    model = copy.deepcopy(model)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
-                new = RowInvariantLinear(child.in_features, child.out_features, bias=child.bias is not None)
-                new.load_state_dict(child.state_dict())
-                setattr(module, name, new)
-    return model
+    return row_invariant(model)
 
 
 def logged(model, policy, prompts, **kw):
