@@ -294,17 +294,18 @@ def test_time_grid_triggers_equal_the_paper_rules_on_the_calibration_grid(model,
 def test_a_profile_fitted_at_12_steps_serves_8_and_20(model, inputs, method, request):
     profile = request.getfixturevalue(f"{method}_profile")
     preset = fc.PRESETS[method]
-    results = {}
-    for steps in (8, 12, 20):
+    options = {"retention": 0.0} if method == "magcache" else {}
+    _, ratio_12, _ = run(model, inputs, preset(profile=profile), 12)
+    for steps in (8, 20):
         reference = sample(model, inputs, schedule(steps))
-        out, ratio, computes = run(model, inputs, preset(profile=profile), steps)
-        assert 0.0 < ratio < 1.0
-        results[steps] = (ratio, computes, psnr(out, reference))
-    # the threshold is an error budget in the model's time: about as many full computations and
-    # about the same fidelity at every step count, so the compute ratio falls as steps grow
-    assert all(abs(results[s][1] - results[12][1]) <= 2 for s in (8, 20))
-    assert all(results[s][2] > results[12][2] - 8.0 for s in (8, 20))
-    assert results[8][0] >= results[12][0] > results[20][0]
+        out, ratio, _ = run(model, inputs, preset(profile=profile), steps)
+        native = calibrate(model, generation(model, inputs, steps), method, target_ratio=0.5, adapter=ToyAdapter(),
+                           options=options, search=SearchConfig(tolerance=0.05), progress=False)
+        native_out, _, _ = run(model, inputs, preset(profile=native), steps)
+        # the threshold keeps its cadence: about the compute ratio it was calibrated to, at a
+        # fidelity near that of a profile calibrated at this step count (measured: 0-3.6 dB lower)
+        assert ratio == pytest.approx(ratio_12, abs=0.1)
+        assert psnr(out, reference) > psnr(native_out, reference) - 5.0
 
 
 # -- a real diffusers pipeline -----------------------------------------------------------------------

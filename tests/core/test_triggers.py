@@ -130,6 +130,20 @@ def test_relative_l1_accumulates_rescaled_change_vs_previous_step():
     assert drive(RelativeL1(0.11), inputs=X)[0] == "C-C-C-C-CC"
 
 
+def test_relative_l1_reads_a_fitted_polynomial_only_inside_its_input_range():
+    # d_n (table above) runs 0.047 to 0.106. A polynomial that turns negative above 0.08,
+    # 1 - 12.5 d: clamping d into a fit range of (0.04, 0.08) floors every term at poly(0.08) = 0
+    # and the accumulator never reaches the threshold from the large changes
+    free = drive(RelativeL1(0.3, coefficients=(-12.5, 1.0)), inputs=X)[1]
+    clamped = drive(RelativeL1(0.3, coefficients=(-12.5, 1.0), input_range=(0.04, 0.08)), inputs=X)[1]
+    assert min(m for m in free[1:]) < 0  # unclamped, the fit extrapolates below zero
+    assert all(m >= 0 for m in clamped[1:])
+    hand = [1 - 12.5 * min(max(d, 0.04), 0.08) for d in (0.0471, 0.0710, 0.0856)]
+    assert clamped[1] == pytest.approx(hand[0], abs=3e-3)
+    inside = drive(RelativeL1(0.2, coefficients=(4.0, 1.0, 0.0), input_range=(0.0, 1.0)), inputs=X)
+    assert inside[0] == "C--C-C-C-C"  # changes inside the range: exactly the reference rule
+
+
 # -- ProbeResidual (FBCache / DBCache) ------------------------------------------------------------
 def test_probe_residual_compares_to_last_computed_step():
     # r_n = x_n; d = mean|r_n - r_ref| / mean|r_ref|, r_ref = residual of the LAST COMPUTED step.
@@ -329,6 +343,7 @@ def test_zero_threshold_never_skips():
         (Interval(3, cooldown=-2), "cooldown"),
         (RelativeL1(-0.1), "threshold"),
         (RelativeL1(0.4, coefficients=(float("nan"), 1.0)), "coefficients"),
+        (RelativeL1(0.4, input_range=(0.2, 0.1)), "input_range"),
         (ProbeResidual(-0.01), "threshold"),
         (ProbeResidual(0.1, warmup=-1), "warmup"),
         (ProbeResidual(0.1, max_cached_steps=-2), "max_cached_steps"),

@@ -118,6 +118,8 @@ class Profile:
         if "coefficients" in self.data:
             out["coefficients"] = tuple(float(c) for c in self.data["coefficients"])
             out["time_grid"] = self.time_grid
+            if "input_range" in self.data:
+                out["input_range"] = tuple(float(x) for x in self.data["input_range"])
         if "ratios" in self.data:
             out["ratios"] = self.magnitude_profile()
             out["time_grid"] = self.time_grid

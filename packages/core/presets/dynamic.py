@@ -20,6 +20,7 @@ def teacache(
     threshold: float = 0.4,
     coefficients: Sequence[float] | None = None,
     time_grid: Sequence[float] | None = None,
+    input_range: Sequence[float] | None = None,
     **options,
 ) -> Policy:
     """TeaCache: Timestep Embedding Tells (arXiv 2411.19108).
@@ -30,11 +31,12 @@ def teacache(
     ``coefficients`` default to the polynomial published for the model's class (adapter), else
     the identity. ``threshold=0`` never skips. ``profile=`` (a calibration profile or its path,
     ``forecache calibrate --method teacache``) gives fitted ``coefficients``, their ``time_grid``
-    (which keeps the threshold's meaning at other step counts, see ``RelativeL1``) and a searched
+    (which keeps the threshold's cadence at other step counts), the ``input_range`` they were
+    fitted on (the polynomial is not read outside it; see ``RelativeL1``) and a searched
     ``threshold``.
     """
     return Policy(
-        where=Blocks(), when=RelativeL1(threshold, coefficients, time_grid), what=Reuse(),
+        where=Blocks(), when=RelativeL1(threshold, coefficients, time_grid, input_range), what=Reuse(),
         name="teacache", paper="arXiv:2411.19108", **options,
     )
 

@@ -128,14 +128,18 @@ class MagnitudeRatio(Trigger):
     fix (calibrate, or pass ``ratios=``).
 
     ``time_grid``: the time coordinates the ratios and the knobs were calibrated on
-    (``forecache.core.calibration`` sets it from a profile). The accumulated error sums one term per
-    step and ``max_skip`` counts steps, so at twice the step count the same stretch of time would
-    accumulate about twice the error and allow half the skipped time. With ``time_grid`` each step
-    counts in calibration steps: with ``w`` the step's size over the grid's local step
-    (:class:`~forecache.core.triggers.step_scale.StepScale`), ``E += w * |1 - R|`` and the skipped
-    span ``sum w`` must stay ``<= max_skip``. On the calibration grid ``w = 1`` and this is exactly
-    the rule above; elsewhere ``threshold`` and ``max_skip`` keep their meaning in the model's time.
-    ``None`` (default): the reference's per-step rule.
+    (``forecache.core.calibration`` sets it from a profile). ``g_t`` read over a step of another
+    size is the decay over that step, about ``g^w`` for a step ``w`` calibration steps long
+    (:class:`~forecache.core.triggers.step_scale.StepScale`), so the same threshold would let the
+    accumulated error grow at another rate per step. With ``time_grid`` each step's ratio is read
+    per calibration step, ``g_t ** (1 / w)``; the error still sums one term per step and
+    ``max_skip`` counts steps. On the calibration grid ``w = 1`` and this is exactly the rule above;
+    at another step count ``threshold`` and ``max_skip`` keep their cadence: a profile calibrated
+    to 3x at 28 steps runs about 3x at 20 or 50. (Reading them as a budget in the model's time
+    instead, ``E += w * |1 - R|`` with the skipped span ``sum w <= max_skip``, keeps the number of
+    full computations: on the reference image model a 28-step profile then skipped far more steps
+    than asked at 50 steps and lost 3.5 to 5.5 dB against a profile calibrated at 50.) ``None``
+    (default): the reference's per-step rule.
 
     Deviations: ratios are interpolated in time and multiplied over the step instead of
     resampled by nearest index; the reference's FLUX-only forced compute at calibration step 11
@@ -201,12 +205,7 @@ class MagnitudeRatio(Trigger):
                 "retention": self.retention, "ratios": ratios, "time_grid": calibration}
 
     def new_state(self) -> dict:
-        return {"prev_u": None, "prev_t": None, "acc_ratio": 1.0, "acc_err": 0.0, "span": 0.0}
-
-    def _weight(self, state: dict, obs: Observation) -> float:
-        if self._scale is None or state["prev_t"] is None:
-            return 1.0
-        return self._scale.weight(state["prev_t"], obs.t)
+        return {"prev_u": None, "prev_t": None, "acc_ratio": 1.0, "acc_err": 0.0}
 
     def _coordinate(self, obs: Observation) -> float:
         if self._profile is not None and self._profile.times is None:
@@ -217,8 +216,12 @@ class MagnitudeRatio(Trigger):
     def _gamma(self, state: dict, obs: Observation) -> float:
         u = self._coordinate(obs)
         if self._profile is not None:
-            return self._profile.ratio(state["prev_u"], u)
-        return float(self.ratios(u)) / float(self.ratios(state["prev_u"]))
+            gamma = self._profile.ratio(state["prev_u"], u)
+        else:
+            gamma = float(self.ratios(u)) / float(self.ratios(state["prev_u"]))
+        if self._scale is None or state["prev_t"] is None:
+            return gamma
+        return gamma ** (1.0 / self._scale.weight(state["prev_t"], obs.t))
 
     def _retained(self, obs: Observation) -> int:
         if self.retention <= 0:
@@ -230,20 +233,14 @@ class MagnitudeRatio(Trigger):
             self._require_ratios("none were given or bound from an adapter")
         if state["prev_u"] is None or obs.step < self._retained(obs):
             return None
-        error = abs(1.0 - state["acc_ratio"] * self._gamma(state, obs))
-        return state["acc_err"] + self._weight(state, obs) * error
+        return state["acc_err"] + abs(1.0 - state["acc_ratio"] * self._gamma(state, obs))
 
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
         if metric is None or obs.since_compute is None or self.threshold <= 0:
             return True
         state["acc_ratio"] *= self._gamma(state, obs)
         state["acc_err"] = metric
-        if self._scale is None:
-            span = obs.since_compute
-        else:  # skipped time in calibration steps; the tolerance absorbs rounding of the weights
-            state["span"] += self._weight(state, obs)
-            span = state["span"] - 1e-9
-        return not (metric <= self.threshold and span <= self.max_skip)
+        return not (metric <= self.threshold and obs.since_compute <= self.max_skip)
 
     def observe(
         self,
@@ -254,6 +251,6 @@ class MagnitudeRatio(Trigger):
         output: torch.Tensor | None,
     ) -> None:
         if computed:
-            state["acc_ratio"], state["acc_err"], state["span"] = 1.0, 0.0, 0.0
+            state["acc_ratio"], state["acc_err"] = 1.0, 0.0
         state["prev_u"] = self._coordinate(obs)
         state["prev_t"] = obs.t

@@ -22,9 +22,9 @@ class StepScale:
     calibration grid itself every weight is exactly 1; at twice the step count the weights are
     about 1/2; on a non-uniform schedule they follow its local step size.
 
-    Triggers that accumulate a per-step quantity use the weight to read it per unit of calibration
-    step, so a threshold fitted at 28 steps keeps its meaning (an amount of change in the model's
-    time) at 20 or 50 steps: see :class:`~forecache.core.triggers.rel_l1.RelativeL1` and
+    Triggers that accumulate a per-step change use the weight to read each step's change per unit of
+    calibration step, so a threshold fitted at 28 steps keeps its cadence (the share of steps it
+    skips) at 20 or 50 steps: see :class:`~forecache.core.triggers.rel_l1.RelativeL1` and
     :class:`~forecache.core.triggers.magnitude.MagnitudeRatio` (``time_grid=``).
     """
 
