@@ -49,8 +49,10 @@ FAST = decoding_method("fast_dllm", {"cache": "dual", "threshold": 0.9}, lambda:
 
 
 def test_benchmarks_satisfy_the_protocol():
-    # registered under the forecache.benchmarks entry point once models/llada-tasks is trained and committed
+    from forecache.core.bench.discovery import benchmarks as discovered
+
     found = benchmarks()
+    assert [b.name for b in discovered("dllm")] == [b.name for b in found]  # `forecache bench dllm` finds them
     assert all(isinstance(b, Benchmark) for b in found)
     assert [b.name for b in found] == ["kv-retrieval", "addition", "copy-reverse"] == list(BENCHMARKS)
     assert {b.model for b in found} == {"models/llada-tasks"} and all(b.domain == "dllm" for b in found)

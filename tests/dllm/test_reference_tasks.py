@@ -8,11 +8,13 @@ from forecache.dllm import LLaDAConfig, LLaDAModel
 from forecache.dllm.reference.tasks import (
     TASKS,
     answer_of,
+    drill_values,
     example,
     examples,
     is_correct,
+    kv_drill,
 )
-from forecache.dllm.reference.train import REFERENCE_CONFIG, encode, sft_loss
+from forecache.dllm.reference.train import REFERENCE_CONFIG, batch, encode, parse_args, sft_loss
 from forecache.dllm.reference.vocab import EOS_ID, IDS, MASK_ID, PAD_ID, build_tokenizer
 
 
@@ -74,3 +76,50 @@ def test_encode_left_pads_and_sft_loss_is_finite():
     loss = sft_loss(LLaDAModel(config), ids, mask, width, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and loss > 0
     loss.backward()
+
+
+def test_a_drill_asks_distinct_keys_of_its_context_and_marks_only_values():
+    ex = kv_drill(random.Random(0), pairs=8, queries=5)
+    context, words = ex.prompt.split(), ex.answer.split()
+    assert len(context) == 8 * 5 and len(words) == 5 * 6
+    asked = [words[i + 1] for i in range(0, len(words), 6)]
+    assert len(set(asked)) == 5
+    for i, key in zip(range(0, len(words), 6), asked):
+        at = context.index(key)
+        assert words[i + 3:i + 5] == context[at + 2:at + 4]  # the value the context gives that key
+    assert drill_values(ex.answer) == [False, False, False, True, True, False] * 5
+    assert len(kv_drill(random.Random(0), pairs=3, queries=12).answer.split()) == 3 * 6
+
+
+def test_a_drill_batch_masks_only_values_and_its_loss_is_the_value_loss():
+    torch.manual_seed(0)
+    args = parse_args(["--drill", "1", "--kv-pairs", "4", "6", "--batch-tokens", "200"])
+    ids, mask, width, maskable, name = batch("kv", random.Random(1), args)
+    assert name == "kv-drill" and maskable.shape == ids[:, width:].shape
+    queries = maskable.shape[1] // 6  # one batch, one context size: as many look-ups as pairs (<= 12)
+    assert 4 <= queries <= 6 and (maskable.sum(1) == 2 * queries).all()
+    config = LLaDAConfig.from_dict({**REFERENCE_CONFIG, "n_layers": 1, "d_model": 32, "n_heads": 2,
+                                    "n_kv_heads": 2, "mlp_hidden_size": 64})
+    model = LLaDAModel(config)
+    loss = sft_loss(model, ids, mask, width, torch.Generator().manual_seed(0), maskable)
+    assert torch.isfinite(loss) and loss > 0
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    for seed in range(5):
+        sft_loss(model, ids, mask, width, torch.Generator().manual_seed(seed), maskable)
+    masked = torch.stack([x[:, width:] == MASK_ID for x in seen])
+    assert masked.any() and not (masked & ~maskable).any()  # only values are ever masked
+    assert not any((x[:, :width] == MASK_ID).any() for x in seen)
+    args = parse_args(["--drill", "0"])
+    assert batch("kv", random.Random(1), args)[3] is None and batch("add", random.Random(1), args)[4] == "add"
+
+
+def test_the_retrieval_ramp_grows_the_largest_context_over_the_run():
+    args = parse_args(["--drill", "0", "--kv-pairs", "2", "64", "--kv-ramp", "0.5", "--batch-tokens", "400"])
+
+    def pairs(progress, seed):
+        ids, mask, width, _, _ = batch("kv", random.Random(seed), args, progress)
+        return (int(mask[0].sum()) - 16 - 3) // 5  # prompt = 5 tokens per pair + "find kXX ->"
+
+    assert {pairs(0.0, s) for s in range(20)} == {2}
+    assert max(pairs(0.25, s) for s in range(40)) <= 33 < max(pairs(1.0, s) for s in range(40))

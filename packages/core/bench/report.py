@@ -173,20 +173,24 @@ def _html_table(markdown: str) -> str:
 
 def summary(results: list[dict]) -> str:
     """One plain-text table over benchmarks: method, FLOPs and wall speedup, main fidelity and
-    main task metric (the `make demo` printout)."""
-    lines = [f"{'benchmark':<22}{'method':<34}{'FLOPs x':>8}{'wall x':>8}  {'fidelity':<18}{'task metric':<22}"]
+    main task metric (the `make demo` printout). Columns are as wide as their longest entry."""
+    rows = [("benchmark", "method", "FLOPs x", "wall x", "fidelity", "task metric")]
     for r in results:
         key = primary_fidelity(r)
         task = next(iter(r["baseline"]["metrics"]), None)
-        name = f"{r['domain']}/{r['benchmark']}"
         base_task = _fmt(r["baseline"]["metrics"].get(task)) if task else "–"
-        lines.append(f"{name:<22}{'uncached':<34}{1.0:>8.2f}{1.0:>8.2f}  {'–':<18}{(task or '') + ' ' + base_task:<22}")
+        rows.append((f"{r['domain']}/{r['benchmark']}", "uncached", "1.00", "1.00", "–", f"{task or ''} {base_task}"))
         for run in r["runs"]:
+            label = ("[peer] " if run["peer"] else "") + run.get("label", run["method"])
             if "skipped" in run:
-                lines.append(f"{'':<22}{run['method']:<34}{'skipped: ' + run['skipped'][:50]}")
+                rows.append(("", label, "", "", "skipped: " + run["skipped"][:60], ""))
                 continue
             fid = f"{key} {_fmt(run['fidelity'].get(key))}" if key else "–"
             met = f"{task} {_fmt(run['metrics'].get(task))}" if task else "–"
-            label = ("[peer] " if run["peer"] else "") + run.get("label", run["method"])
-            lines.append(f"{'':<22}{label[:33]:<34}{run['speedup_flops']:>8.2f}{run['speedup_wall']:>8.2f}  {fid:<18}{met:<22}")
-    return "\n".join(lines)
+            rows.append(("", label, f"{run['speedup_flops']:.2f}", f"{run['speedup_wall']:.2f}", fid, met))
+    widths = [max(len(row[i]) for row in rows if not row[4].startswith("skipped") or i < 2) for i in range(6)]
+    right = (False, False, True, True, False, False)
+    return "\n".join(
+        "  ".join(cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)).rstrip()
+        for row in rows
+    )

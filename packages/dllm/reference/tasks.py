@@ -44,6 +44,24 @@ def kv_example(rng: random.Random, pairs: int = 64) -> Example:
     return Example("kv", f"{context} find {keys[i]} ->", values[i])
 
 
+def kv_drill(rng: random.Random, pairs: int = 64, queries: int = 12) -> Example:
+    """A training-only retrieval drill: a context as in :func:`kv_example`, and as the answer ``queries``
+    look-ups of distinct keys written out, ``find k17 -> 4 2 ; find k03 -> 9 0 ; ...``. Training masks only
+    the value tokens (:func:`drill_values`), so one context teaches ``queries`` look-ups instead of one."""
+    queries = min(queries, pairs)
+    keys = rng.sample(KEYS, pairs)
+    values = [f"{rng.randrange(10)} {rng.randrange(10)}" for _ in keys]
+    context = " ".join(f"{k} = {v} ;" for k, v in zip(keys, values))
+    asked = rng.sample(range(pairs), queries)
+    return Example("kv-drill", context, " ".join(f"find {keys[i]} -> {values[i]} ;" for i in asked))
+
+
+def drill_values(answer: str) -> list[bool]:
+    """Which tokens of a :func:`kv_drill` answer are values (the two after each ``->``)."""
+    words = answer.split()
+    return [i >= 1 and words[i - 1] == "->" or i >= 2 and words[i - 2] == "->" for i in range(len(words))]
+
+
 def add_example(rng: random.Random, max_digits: int = 4) -> Example:
     a, b = (rng.randrange(10 ** rng.randint(1, max_digits)) for _ in range(2))
     return Example("add", f"add {_digits(a)} + {_digits(b)} =", _digits(a + b))
