@@ -171,6 +171,10 @@ def _html_table(markdown: str) -> str:
     return "<table>" + "".join(cells) + "</table>"
 
 
+#: the widest method label the plain-text summary prints
+LABEL_WIDTH = 48
+
+
 def summary(results: list[dict]) -> str:
     """One plain-text table over benchmarks: method, FLOPs and wall speedup, main fidelity and
     main task metric (the `make demo` printout). Columns are as wide as their longest entry."""
@@ -182,6 +186,8 @@ def summary(results: list[dict]) -> str:
         rows.append((f"{r['domain']}/{r['benchmark']}", "uncached", "1.00", "1.00", "–", f"{task or ''} {base_task}"))
         for run in r["runs"]:
             label = ("[peer] " if run["peer"] else "") + run.get("label", run["method"])
+            if len(label) > LABEL_WIDTH:  # peers' labels spell out every option; the JSON keeps them whole
+                label = label[:LABEL_WIDTH - 1] + "…"
             if "skipped" in run:
                 rows.append(("", label, "", "", "skipped: " + run["skipped"][:60], ""))
                 continue
