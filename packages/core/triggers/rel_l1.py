@@ -57,8 +57,8 @@ class RelativeL1(Accumulating):
     in three at 28 steps skips about two in three at 20 or 50. (Reading the threshold as an error
     budget in the model's time instead, ``acc += w * poly(d_n / w)``, keeps the number of full
     computations: on the reference image model a 28-step profile then skipped nearly twice the steps
-    asked at 50 steps, and lost 9 to 15 dB against a profile calibrated at 50.) ``None`` (default): the reference's
-    per-step rule, as published coefficients expect.
+    asked at 50 steps, and lost 9 to 15 dB against a profile calibrated at 50.) ``None`` (default):
+    the reference's per-step rule, as published coefficients expect.
 
     ``input_range``: ``(low, high)``, the input changes the polynomial was fitted on; the rescaled
     change is read at ``d`` clamped into it. A degree-4 fit swings far outside its data (the

@@ -35,24 +35,26 @@ class Example:
 
 
 def kv_example(rng: random.Random, pairs: int = 64) -> Example:
+    keys, values, context = _kv_context(rng, pairs)
+    i = rng.randrange(pairs)
+    return Example("kv", f"{context} find {keys[i]} ->", values[i])
+
+
+def _kv_context(rng: random.Random, pairs: int) -> tuple[list[str], list[str], str]:
+    """``pairs`` distinct keys, their two-digit values, and the context ``k17 = 4 2 ; ...`` listing them."""
     if not 1 <= pairs <= len(KEYS):
         raise ValueError(f"kv_example(pairs={pairs}): use 1 to {len(KEYS)} pairs (one per key token)")
     keys = rng.sample(KEYS, pairs)
     values = [f"{rng.randrange(10)} {rng.randrange(10)}" for _ in keys]
-    context = " ".join(f"{k} = {v} ;" for k, v in zip(keys, values))
-    i = rng.randrange(pairs)
-    return Example("kv", f"{context} find {keys[i]} ->", values[i])
+    return keys, values, " ".join(f"{k} = {v} ;" for k, v in zip(keys, values))
 
 
 def kv_drill(rng: random.Random, pairs: int = 64, queries: int = 12) -> Example:
     """A training-only retrieval drill: a context as in :func:`kv_example`, and as the answer ``queries``
     look-ups of distinct keys written out, ``find k17 -> 4 2 ; find k03 -> 9 0 ; ...``. Training masks only
     the value tokens (:func:`drill_values`), so one context teaches ``queries`` look-ups instead of one."""
-    queries = min(queries, pairs)
-    keys = rng.sample(KEYS, pairs)
-    values = [f"{rng.randrange(10)} {rng.randrange(10)}" for _ in keys]
-    context = " ".join(f"{k} = {v} ;" for k, v in zip(keys, values))
-    asked = rng.sample(range(pairs), queries)
+    keys, values, context = _kv_context(rng, pairs)
+    asked = rng.sample(range(pairs), min(queries, pairs))
     return Example("kv-drill", context, " ".join(f"find {keys[i]} -> {values[i]} ;" for i in asked))
 
 
