@@ -36,13 +36,14 @@ from .presets import (
 )
 from .selectors.blocks import Blocks
 from .selectors.cfg import CfgBranch
+from .selectors.output import ModelOutput
 from .selectors.submodules import Submodules
 from .selectors.unet import UNetBranch
 from .sites.tokens import TokenSelection
 from .storage import CacheBudgetError
 
 __all__ = [
-    "Adapter", "Block", "BlockIO", "Blocks", "CacheBudgetError", "CacheHandle", "CfgBranch", "PRESETS",
+    "Adapter", "Block", "BlockIO", "Blocks", "CacheBudgetError", "CacheHandle", "CfgBranch", "ModelOutput", "PRESETS",
     "Policy", "Submodules", "TokenSelection", "UNetBranch", "apply",
     "abcache", "dbcache", "deepcache", "delta_dit", "easycache", "fastercache", "fbcache", "foca",
     "fora", "foresight", "freqca", "hicache", "magcache", "pab", "speca", "taylorseer", "teacache", "toca",

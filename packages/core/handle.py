@@ -45,6 +45,7 @@ class CacheHandle:
         self._fired = False
         self._explicit = False
         self._calls_in_step = 0
+        self._call_times: tuple[float, ...] | None = None
         self._schedule: tuple[float, ...] | None = None
         self._scheduler_times: tuple[float, ...] | None = None
         self._wrapped: dict[nn.Module, tuple[Any, bool]] = {}
@@ -113,11 +114,19 @@ class CacheHandle:
         self.removed = True
 
     # -- the clock -------------------------------------------------------------------------------
-    def step(self, t: float | torch.Tensor) -> None:
+    def step(self, t: float | torch.Tensor, call_times: Sequence[float] | None = None) -> None:
         """Explicit clock for samplers whose model calls carry no timestep: call once per step,
-        before the step's model calls (each call within a step is one CFG branch)."""
+        before the step's model calls (each call within a step is one branch, with a cache of its
+        own: CFG's cond and uncond, or the stages of a multi-stage solver).
+
+        ``call_times`` gives the time coordinate of each call of the step, in call order, when the
+        calls evaluate the model at different times (Heun's second call at the next grid point);
+        forecasts of each call then use its real times. Calls past the list, or all calls without
+        it, are at ``t``.
+        """
         self._explicit = True
         self._calls_in_step = 0
+        self._call_times = None if call_times is None else tuple(_scalar_time(c) for c in call_times)
         tick = self.clock.tick(_scalar_time(t))
         if tick.new_generation:
             self._new_generation()
@@ -161,6 +170,8 @@ class CacheHandle:
             t = self.clock._t
             if t is None:
                 raise RuntimeError("handle.step(t) has not been called for this generation")
+            if self._call_times is not None and branch < len(self._call_times):
+                t = self._call_times[branch]
         else:
             raw = self.adapter.timestep(model, args, kwargs)
             if raw is None:
@@ -248,14 +259,19 @@ class CacheHandle:
         return self._ctx
 
     # -- accounting ------------------------------------------------------------------------------
-    def record(self, site: Site, ctx: CallContext, r: int, action: str, metric: float | None) -> None:
-        d = Decision(ctx.generation, ctx.step, ctx.branch, r, site.name, ctx.t, action, metric)
+    def record(
+        self, site: Site, ctx: CallContext, r: int, action: str, metric: float | None, note: str | None = None
+    ) -> None:
+        d = Decision(ctx.generation, ctx.step, ctx.branch, r, site.name, ctx.t, action, metric, note)
         self._trace.append(d)
         s = self._stats.sites[site.name]
-        if action in ("rejected", "nonfinite"):  # a cached row that was computed after all
+        if action in ("rejected", "nonfinite", "guarded"):  # a cached row that was computed after all
             s["cached"] -= 1
             if action == "rejected":
                 self._stats.rejected_forecasts += 1
+            elif action == "guarded":
+                self._stats.guarded_forecasts += 1
+                log.info("forecache: %s vetoed the forecast at step %d row %d (%s); computed", site.name, ctx.step, r, note)
             else:
                 self._stats.nonfinite_recomputes += 1
                 log.warning("forecache: non-finite forecast at %s step %d row %d; step recomputed", site.name, ctx.step, r)

@@ -20,6 +20,7 @@ class RowHistory:
         self.storage = storage
         self.max_points = max_points
         self.times: list[float] = []
+        self.steps: list[int] = []
         self.values: list[tuple[torch.Tensor, ...]] = []
         self.scratch: list[dict] = []
         self.last_compute_step: int | None = None
@@ -46,23 +47,32 @@ class RowHistory:
                 self.storage.drop(k)
             raise
         self.times.append(t)
+        self.steps.append(step)
         self.values.append(tuple(kept))
         self.scratch = [{} for _ in value]
         self.last_compute_step = step
 
     def forecast(
-        self, forecaster: Forecaster, t: float, dtype: torch.dtype, device: torch.device
+        self, forecaster: Forecaster, t: float, dtype: torch.dtype, device: torch.device, step: int | None = None
     ) -> tuple[torch.Tensor, ...]:
+        """The forecaster's prediction at time ``t`` (step ``step``). A forecaster on the ``index``
+        basis sees the computed points' step indices and the target step instead of times."""
         parts = len(self.values[-1])
         if len(self.scratch) != parts:
             self.scratch = [{} for _ in range(parts)]
+        coords, target = self.times, t
+        if forecaster.basis == "index":
+            if step is None:
+                raise ValueError(f"{type(forecaster).__name__}(basis='index') needs the step index; this site does not pass it")
+            coords, target = [float(s) for s in self.steps], float(step)
         return tuple(
-            forecaster.predict(self.times, [v[c] for v in self.values], t, self.scratch[c]).to(dtype=dtype, device=device)
+            forecaster.predict(coords, [v[c] for v in self.values], target, self.scratch[c]).to(dtype=dtype, device=device)
             for c in range(parts)
         )
 
     def _pop(self, i: int) -> None:
         self.times.pop(i)
+        self.steps.pop(i)
         for v in self.values.pop(i):
             self.storage.drop(v)
 

@@ -22,11 +22,14 @@ class Decision:
     """``compute``; ``warmup`` (computed: not enough history to forecast); ``window`` (computed:
     outside the site's active time window); ``cached`` (reused or forecast). Two more follow a
     ``cached`` record of the same row and step and say it was computed after all: ``nonfinite``
-    (the forecast had NaN/Inf, so the whole step was recomputed) and ``rejected`` (a verified
-    forecast failed and the row was recomputed)."""
+    (the forecast had NaN/Inf, so the whole step was recomputed), ``rejected`` (a verified
+    forecast failed and the row was recomputed) and ``guarded`` (the site's guard vetoed the
+    forecast, e.g. as physically implausible, and the row was computed; ``note`` says why)."""
     metric: float | None = None
+    note: str | None = None
+    """Why, in words, where a number does not say it (the guard's reason)."""
 
-    COMPUTED = frozenset({"compute", "warmup", "window", "nonfinite", "rejected"})
+    COMPUTED = frozenset({"compute", "warmup", "window", "nonfinite", "rejected", "guarded"})
 
     @property
     def computed(self) -> bool:
@@ -67,6 +70,7 @@ class Stats:
     peak_cache_bytes: int = 0
     nonfinite_recomputes: int = 0
     rejected_forecasts: int = 0
+    guarded_forecasts: int = 0
     sites: dict = field(default_factory=lambda: defaultdict(lambda: {"rows": 0, "cached": 0}))
 
     @property
@@ -94,6 +98,7 @@ class Stats:
             "peak_cache_bytes": self.peak_cache_bytes,
             "nonfinite_recomputes": self.nonfinite_recomputes,
             "rejected_forecasts": self.rejected_forecasts,
+            "guarded_forecasts": self.guarded_forecasts,
             "sites": {
                 name: {**s, "hit_rate": round(s["cached"] / s["rows"], 6) if s["rows"] else 0.0}
                 for name, s in self.sites.items()
@@ -107,10 +112,10 @@ class Stats:
             f"hit rate {d['hit_rate']:.3f}, {d['calls']} calls in {d['generations']} generation(s), "
             f"peak cache {d['peak_cache_bytes'] / 2**20:.2f} MiB"
         ]
-        if d["nonfinite_recomputes"] or d["rejected_forecasts"]:
+        if d["nonfinite_recomputes"] or d["rejected_forecasts"] or d["guarded_forecasts"]:
             lines.append(
                 f"recomputed: {d['nonfinite_recomputes']} non-finite forecasts, "
-                f"{d['rejected_forecasts']} rejected forecasts"
+                f"{d['rejected_forecasts']} rejected forecasts, {d['guarded_forecasts']} vetoed by a guard"
             )
         sites = d["sites"]
         shown = list(sites.items())[:8]

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from forecache.core.forecasters import (
     AdamsBashforth,
     FoCa,
@@ -239,7 +238,7 @@ def test_frequency_split_is_exact_when_both_bands_are(split):
     split = dataclasses.replace(split, low=Taylor(2), high=Taylor(2))
     g = torch.Generator().manual_seed(3)
     coefs = [torch.randn(1, 64, 4, generator=g, dtype=torch.float64) for _ in range(3)]
-    f = lambda t: coefs[0] + coefs[1] * t + coefs[2] * t * t  # noqa: E731
+    f = lambda t: coefs[0] + coefs[1] * t + coefs[2] * t * t
     times = schedule(7, seed=3)
     assert max_err(run(split, f, times, 3)) < 1e-9
     default_bands = dataclasses.replace(split, low=Reuse(), high=Hermite(order=2, sigma=0.71))
@@ -258,7 +257,7 @@ def test_frequency_bands_separate_slow_and_fast_token_patterns():
 def test_low_band_reused_behaves_as_reuse_on_a_pure_low_frequency_signal():
     times = schedule(6, seed=4)
     base = torch.randn(1, 1, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    f = lambda t: (1 + t + 3 * t * t) * base.expand(1, 64, 8)  # noqa: E731  constant over tokens
+    f = lambda t: (1 + t + 3 * t * t) * base.expand(1, 64, 8)
     got = run(FrequencySplit(), f, times, 3)
     want = run(Reuse(), f, times, 3)
     for (a, _), (b, _) in zip(got, want):
@@ -267,7 +266,7 @@ def test_low_band_reused_behaves_as_reuse_on_a_pure_low_frequency_signal():
 
 def test_static_low_band_plus_moving_high_band_is_caught_by_the_split_not_by_reuse():
     s = torch.arange(64, dtype=torch.float64).reshape(1, 64, 1)
-    f = lambda t: 2.0 + (0.5 + 3 * t) * torch.cos(2 * math.pi * 20 * s / 64)  # noqa: E731
+    f = lambda t: 2.0 + (0.5 + 3 * t) * torch.cos(2 * math.pi * 20 * s / 64)
     times = schedule(6, seed=5)
     assert max_err(run(FrequencySplit(low=Reuse(), high=Taylor(1)), f, times, 2)) < 1e-9
     assert max_err(run(Reuse(), f, times, 2)) > 1e-2
@@ -394,6 +393,6 @@ def test_validate_passes_on_defaults_and_describe_lists_the_knobs():
         f.validate()
     assert Taylor(2).describe() == {"order": 2}
     assert Hermite().describe() == {"order": 2, "sigma": 0.5}
-    assert AdamsBashforth().describe() == {"order": 2}
+    assert AdamsBashforth().describe() == {"order": 2, "basis": "time"}
     assert FoCa().describe() == {"derivative_order": 1}
     assert Reuse().describe() == {}

@@ -39,9 +39,15 @@ class AdamsBashforth(Forecaster):
     several steps here extrapolates from the last computed points straight to ``t`` (on a
     polynomial of degree ``<= k - 1`` the two agree). ``AdamsBashforth(m + 1)`` therefore equals
     ``Taylor(m)``: the same polynomial, written in another basis.
+
+    ``basis="index"`` computes the same weights on step indices instead of times: the paper's
+    binomial weights whenever the computed steps and the target are evenly spaced in index, whatever
+    the time grid (exact for polynomials in the step index). The default ``basis="time"`` is the
+    step-distance-aware form (exact for polynomials in ``t`` on any grid).
     """
 
     order: int = 2
+    basis: str = "time"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,6 +61,11 @@ class AdamsBashforth(Forecaster):
             raise ValueError(
                 f"AdamsBashforth.order={self.order!r} must be an int >= 1 "
                 "(the number of past outputs combined; 1 = reuse, 2 = 2F_n - F_(n-1))"
+            )
+        if self.basis not in ("time", "index"):
+            raise ValueError(
+                f"AdamsBashforth.basis={self.basis!r} must be 'time' (real time gaps) or 'index' "
+                "(step indices: the paper's uniform-grid binomial weights)"
             )
 
     def predict(

@@ -23,6 +23,9 @@ class Forecaster(abc.ABC):
     min_history: int = 1
     #: computed points the site keeps per row (this is the memory cost of the forecaster).
     max_history: int = 1
+    #: the coordinate ``predict`` receives: ``"time"`` (the real time of each step) or ``"index"``
+    #: (the step index: the uniform-grid basis that papers' fixed coefficients assume).
+    basis: str = "time"
 
     def validate(self) -> None:
         """Raise ValueError naming the field and the fix when the configuration is invalid."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -88,14 +89,20 @@ class Site:
         like: torch.Tensor,
         signal: torch.Tensor | None = None,
         rows: range | None = None,
+        vet: Callable[[list[int], list[tuple[torch.Tensor, ...]]], Sequence[str | None]] | None = None,
     ) -> list[RowPlan]:
         """Ask the trigger for every row and forecast the rows that will not compute.
 
         Forecasts take the dtype and device of ``like``. Their finiteness is checked once per model
         call, not here (a check here would synchronise the GPU at every site): a NaN/Inf forecast
         makes the handle recompute the whole step, with every row of every site computing.
+
+        ``vet(rows, values)``, when given, sees every forecast of the call at once (row indices and
+        their forecasts) and returns one reason per row, ``None`` to accept: a row with a reason
+        computes instead, recorded as ``guarded`` with the reason (a domain's plausibility check).
         """
-        plans = []
+        plans: list[RowPlan] = []
+        forecast: list[tuple[int, int]] = []  # (index in plans, row) of every forecast row
         if self.handle.recomputing:  # a forecast of this step was not finite: everything computes
             rows = rows if rows is not None else range(ctx.batch)
             return [RowPlan(True, self._observation(ctx, r, signal)) for r in rows]
@@ -113,10 +120,24 @@ class Site:
             action = "warmup" if must else ("compute" if compute else "cached")
             value = None
             if not compute:
-                value = hist.forecast(self.forecaster, ctx.t, like.dtype, like.device)
-                self.handle.check_finite(self, ctx, r, value)
+                value = hist.forecast(self.forecaster, ctx.t, like.dtype, like.device, ctx.step)
+                forecast.append((len(plans), r))
             plans.append(RowPlan(compute, obs, value))
             self.handle.record(self, ctx, r, action, metric)
+        if forecast and vet is not None:
+            reasons = list(vet([r for _, r in forecast], [plans[i].value for i, _ in forecast]))
+            if len(reasons) != len(forecast):
+                raise ValueError(
+                    f"site {self.name}: the guard returned {len(reasons)} reasons for {len(forecast)} "
+                    "forecast rows; return one reason (or None) per row"
+                )
+            for (i, r), reason in zip(forecast, reasons):
+                if reason is not None:
+                    plans[i].compute, plans[i].value = True, None
+                    self.handle.record(self, ctx, r, "guarded", None, note=str(reason))
+        for i, r in forecast:
+            if not plans[i].compute:
+                self.handle.check_finite(self, ctx, r, plans[i].value)
         return plans
 
     def _observation(self, ctx: CallContext, r: int, signal: torch.Tensor | None) -> Observation:

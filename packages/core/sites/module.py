@@ -25,14 +25,30 @@ _SLOT = object()  # where a tensor goes back when an output is rebuilt
 
 
 def flatten(out: Any) -> tuple[tuple[torch.Tensor, ...], Any]:
-    """The tensors of a module output, and a template to rebuild the output from new tensors."""
+    """The tensors of a module output, and a template to rebuild the output from new tensors.
+
+    A tensor, a tuple or list, or a dict (the dict's tensor values, in key order; other values,
+    such as ``None`` for an absent head, pass through unchanged)."""
     if torch.is_tensor(out):
         return (out,), None
+    if isinstance(out, dict):
+        parts = tuple(v for v in out.values() if torch.is_tensor(v))
+        return parts, (_Mapping(type(out)), [(k, _SLOT if torch.is_tensor(v) else v) for k, v in out.items()])
     if isinstance(out, (tuple, list)):
         parts = tuple(v for v in out if torch.is_tensor(v))
         template = (type(out), [_SLOT if torch.is_tensor(v) else v for v in out])
         return parts, template
-    raise TypeError(f"cannot cache a module output of type {type(out).__name__}; expected tensors")
+    raise TypeError(
+        f"cannot cache a module output of type {type(out).__name__}; expected a tensor, or a tuple, "
+        "list or dict of tensors"
+    )
+
+
+class _Mapping:
+    """Marks a dict template: ``kind`` is the dict's class, items are (key, value or slot)."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
 
 
 def rebuild(template: Any, parts: tuple[torch.Tensor, ...]) -> Any:
@@ -40,6 +56,9 @@ def rebuild(template: Any, parts: tuple[torch.Tensor, ...]) -> Any:
         return parts[0]
     kind, items = template
     it = iter(parts)
+    if isinstance(kind, _Mapping):
+        values = {k: next(it) if v is _SLOT else v for k, v in items}
+        return values if kind.kind is dict else kind.kind(**values)  # OrderedDict, diffusers' BaseOutput
     return kind([next(it) if v is _SLOT else v for v in items])
 
 

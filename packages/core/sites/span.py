@@ -198,7 +198,7 @@ class SpanSite(Site):
                 rejected.append(r)
                 self.handle.record(self, ctx, r, "rejected", None)
                 continue
-            pred = hist.forecast(self.forecaster, ctx.t, span_out[0].dtype, span_out[0].device)[0]
+            pred = hist.forecast(self.forecaster, ctx.t, span_out[0].dtype, span_out[0].device, ctx.step)[0]
             real = row(span_out[0], r)
             pred = row(p.region_in[0], r) + pred
             err = float((pred - real).float().norm() / real.float().norm().clamp_min(1e-12))

@@ -1,0 +1,91 @@
+"""Caching policies for molecule flow-matching models: periodic full evaluations, forecasts between.
+
+What is cached is the network's whole output dict (coordinates and every logit head), through
+``forecache.core.ModelOutput``: between two real evaluations each tensor is forecast from the last
+computed outputs, and the forecast is used exactly as a computed output would be (velocity and
+self-conditioning). Sommer et al. ("Predictive Feature Caching for Training-free Acceleration of
+Molecular Geometry Generation", arXiv 2510.04646) forecast the hidden state of the backbone's last
+block and run the output heads on it; forecasting the output dict instead needs nothing of the
+model but its output, so it works for any velocity model, and a skipped step skips the heads too.
+The two differ where the heads are nonlinear (the softmax of the logits is taken after the
+forecast here).
+
+Every preset computes the first ``warmup`` steps, then one step in ``interval``, and the last
+``cooldown`` steps; ``interval=1`` never skips (bit-identical to the uncached sampler). The
+chemistry guard (``forecache.science.guards.MoleculeGuard``) vetoes implausible forecasts unless
+``guard=None``. Extra keyword options go to ``forecache.core.Policy`` (``storage_dtype``,
+``max_cache_bytes``).
+"""
+
+from __future__ import annotations
+
+from forecache.core import ModelOutput, Policy
+from forecache.core.forecasters import AdamsBashforth, Taylor
+from forecache.core.triggers.interval import Interval
+
+from .guards import MoleculeGuard
+
+_DEFAULT_GUARD = MoleculeGuard()
+
+
+def _policy(name: str, paper: str, interval: int, warmup: int, cooldown: int, what, guard, options) -> Policy:
+    return Policy(
+        where=ModelOutput(guard=guard), when=Interval(interval, warmup, cooldown), what=what,
+        name=name, paper=paper, **options,
+    )
+
+
+def ab_forecast(
+    interval: int = 3,
+    order: int = 2,
+    warmup: int = 2,
+    cooldown: int = 0,
+    guard: MoleculeGuard | None = _DEFAULT_GUARD,
+    basis: str = "index",
+    **options,
+) -> Policy:
+    """AB-Cache (arXiv 2504.10540) on a molecule model's output, as Sommer et al. (arXiv
+    2510.04646) apply it: compute every ``interval`` steps, and in between extrapolate each output
+    tensor from the last ``order`` computed ones with Adams-Bashforth weights on the *step index*:
+    the paper's binomial weights (2, -1) for order 2, (3, -3, 1) for order 3, exact for outputs
+    that are polynomials of degree ``order - 1`` in the step index. ``basis="time"`` computes them
+    from the real time gaps instead (:func:`ab_forecast_timed`).
+
+    Defaults: interval 3, order 2 (AB-Cache's reference setting), warm-up 2 steps, no cool-down,
+    the default :class:`MoleculeGuard`.
+    """
+    name = "ab_forecast" if basis == "index" else "ab_forecast_timed"
+    return _policy(
+        name, "arXiv:2504.10540; arXiv:2510.04646", interval, warmup, cooldown,
+        AdamsBashforth(order, basis=basis), guard, options,
+    )
+
+
+def ab_forecast_timed(interval: int = 3, order: int = 2, **options) -> Policy:
+    """Step-distance-aware Adams-Bashforth: :func:`ab_forecast` with the weights computed from the
+    real time gaps of the grid (Lagrange extrapolation in ``t``), exact for outputs that are
+    polynomials of degree ``order - 1`` in ``t`` on any grid (``log`` included). On a uniform grid
+    it equals :func:`ab_forecast`. Same defaults and options.
+    """
+    return ab_forecast(interval, order, basis="time", **options)
+
+
+def taylor_forecast(
+    interval: int = 3,
+    order: int = 1,
+    warmup: int = 2,
+    cooldown: int = 0,
+    guard: MoleculeGuard | None = _DEFAULT_GUARD,
+    **options,
+) -> Policy:
+    """TaylorSeer (arXiv 2503.06923) on a molecule model's output, the other forecaster Sommer et al.
+    (arXiv 2510.04646) study: a Taylor expansion of order ``order`` around the last computed step,
+    derivatives from divided differences on the real times (``forecache.core.forecasters.Taylor``;
+    ``Taylor(m)`` is ``ab_forecast_timed(order=m + 1)``'s polynomial in another basis).
+
+    Defaults: interval 3, order 1, warm-up 2 steps, no cool-down, the default :class:`MoleculeGuard`.
+    """
+    return _policy(
+        "taylor_forecast", "arXiv:2503.06923; arXiv:2510.04646", interval, warmup, cooldown,
+        Taylor(order), guard, options,
+    )

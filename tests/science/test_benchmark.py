@@ -1,0 +1,80 @@
+"""`forecache bench science`: the quick run on a random tiny model gives schema-1 rows with honest NFE."""
+
+import json
+import math
+
+import pytest
+import torch
+from forecache.core.bench.discovery import benchmarks
+from forecache.core.bench.runner import run_benchmark
+from forecache.science.benchmark import MoleculeBenchmark, schedule_nfe
+from forecache.science.model import MoleculeEGNN
+
+from .tiny import TINY
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def result():
+    torch.manual_seed(0)
+    bench = MoleculeBenchmark(model=MoleculeEGNN(TINY), sizes={3: 1, 4: 2, 5: 1}, samples=(5, 5), steps=STEPS,
+                              batch=3)
+    return bench, run_benchmark(bench, quick=True, progress=False)
+
+
+def test_quick_run_has_the_schema(result):
+    _, r = result
+    assert r["schema"] == 1 and r["domain"] == "science" and r["benchmark"] == "molecules"
+    assert {"device", "threads"} <= set(r["hardware"]) and "torch" in r["versions"]
+    base = r["baseline"]
+    assert base["flops"] > 0 and base["wall_s"] > 0 and base["units"] == 5 and base["unit"] == "molecule"
+    assert base["metrics"]["nfe"] == STEPS
+    assert {"validity", "atom_stability", "molecule_stability", "uniqueness", "energy_median",
+            "strain_median"} <= set(base["metrics"])
+    names = {row["method"] for row in r["runs"]}
+    assert names == {"ab_forecast", "ab_forecast_timed", "taylor_forecast", "fewer_steps"}
+    for row in r["runs"]:
+        assert {"method", "params", "peer", "wall_s", "flops", "speedup_wall", "speedup_flops", "fidelity",
+                "metrics", "cache_bytes_peak"} <= set(row)
+        assert row["peer"] is False and row["flops"] > 0
+        assert {"coord_rmsd_mean", "atom_type_agreement", "bond_agreement"} <= set(row["fidelity"])
+    json.dumps(r)  # serialisable
+
+
+def test_equal_nfe_rows_have_the_nfe_they_claim(result):
+    _, r = result
+    base_flops = r["baseline"]["flops"]
+    for row in r["runs"]:
+        nfe = row["metrics"]["nfe"]
+        if row["method"] == "fewer_steps":
+            assert nfe == row["params"]["steps"] == schedule_nfe(3, STEPS)
+            assert math.isclose(row["flops"], base_flops * nfe / STEPS, rel_tol=1e-9)
+        else:  # a cached row computes at least its schedule (the guard may add computes)
+            assert nfe >= schedule_nfe(row["params"]["interval"], STEPS)
+            assert row["metrics"]["nfe"] * base_flops / STEPS == pytest.approx(row["flops"], rel=1e-6)
+    ab = next(row for row in r["runs"] if row["method"] == "ab_forecast" and row["params"]["interval"] == 3)
+    fewer = next(row for row in r["runs"] if row["method"] == "fewer_steps")
+    assert ab["metrics"]["nfe"] == fewer["metrics"]["nfe"] or ab["stats"]["guarded_forecasts"] > 0
+
+
+def test_same_noise_for_every_row(result):
+    bench, _ = result
+    first, second = bench.generate(), bench.generate()
+    for a, b in zip(first.molecules, second.molecules):
+        assert torch.equal(a.coords, b.coords) and torch.equal(a.atom_types, b.atom_types)
+
+
+def test_schedule_nfe():
+    assert [schedule_nfe(k) for k in (1, 2, 3, 4, 5)] == [100, 51, 34, 26, 21]
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    bench = MoleculeBenchmark(tmp_path / "molecule-flow")
+    with pytest.raises(FileNotFoundError, match="python -m forecache.science.train"):
+        bench.prepare(quick=True)
+
+
+def test_registered_under_the_entry_point():
+    found = benchmarks("science")
+    assert [b.name for b in found] == ["molecules"] and found[0].domain == "science"
