@@ -14,7 +14,7 @@ from forecache.dllm.reference.tasks import (
     is_correct,
     kv_drill,
 )
-from forecache.dllm.reference.train import REFERENCE_CONFIG, batch, encode, parse_args, sft_loss
+from forecache.dllm.reference.train import REFERENCE_CONFIG, Curriculum, batch, encode, parse_args, sft_loss
 from forecache.dllm.reference.vocab import EOS_ID, IDS, MASK_ID, PAD_ID, build_tokenizer
 
 
@@ -94,7 +94,7 @@ def test_a_drill_asks_distinct_keys_of_its_context_and_marks_only_values():
 def test_a_drill_batch_masks_only_values_and_its_loss_is_the_value_loss():
     torch.manual_seed(0)
     args = parse_args(["--drill", "1", "--kv-pairs", "4", "6", "--batch-tokens", "200"])
-    ids, mask, width, maskable, name = batch("kv", random.Random(1), args)
+    ids, mask, width, maskable, name, _ = batch("kv", random.Random(1), args, 6)
     assert name == "kv-drill" and maskable.shape == ids[:, width:].shape
     queries = maskable.shape[1] // 6  # one batch, one context size: as many look-ups as pairs (<= 12)
     assert 4 <= queries <= 6 and (maskable.sum(1) == 2 * queries).all()
@@ -111,15 +111,36 @@ def test_a_drill_batch_masks_only_values_and_its_loss_is_the_value_loss():
     assert masked.any() and not (masked & ~maskable).any()  # only values are ever masked
     assert not any((x[:, :width] == MASK_ID).any() for x in seen)
     args = parse_args(["--drill", "0"])
-    assert batch("kv", random.Random(1), args)[3] is None and batch("add", random.Random(1), args)[4] == "add"
+    assert batch("kv", random.Random(1), args, 64)[3] is None and batch("add", random.Random(1), args, 64)[4] == "add"
 
 
 def test_the_retrieval_ramp_grows_the_largest_context_over_the_run():
     args = parse_args(["--drill", "0", "--kv-pairs", "2", "64", "--kv-ramp", "0.5", "--batch-tokens", "400"])
 
     def pairs(progress, seed):
-        ids, mask, width, _, _ = batch("kv", random.Random(seed), args, progress)
-        return (int(mask[0].sum()) - 16 - 3) // 5  # prompt = 5 tokens per pair + "find kXX ->"
+        curriculum = Curriculum(args)
+        curriculum.update(progress, "kv", None, 0.0)
+        ids, mask, width, _, _, drawn = batch("kv", random.Random(seed), args, curriculum.high)
+        assert drawn == (int(mask[0].sum()) - 16 - 3) // 5  # prompt = 5 tokens per pair + "find kXX ->"
+        return drawn
 
     assert {pairs(0.0, s) for s in range(20)} == {2}
     assert max(pairs(0.25, s) for s in range(40)) <= 33 < max(pairs(1.0, s) for s in range(40))
+
+
+def test_the_adaptive_curriculum_grows_the_context_only_once_the_drills_at_its_top_are_learnt():
+    curriculum = Curriculum(parse_args(["--kv-pairs", "4", "64", "--kv-advance", "0.5"]), window=3)
+    assert curriculum.high == 4
+    for loss in (0.9, 0.2, 0.2, 0.2):  # the window's mean first falls below 0.5 at the fourth drill
+        curriculum.update(0.0, "kv-drill", 4, loss)
+    assert curriculum.high == 5
+    for task, pairs, loss in [("kv", 5, 0.0), ("kv-drill", 2, 0.0), ("kv-drill", 5, 0.9)] * 3:
+        curriculum.update(1.0, task, pairs, loss)  # SFT batches, small contexts and high losses: no growth
+    assert curriculum.high == 5
+    for _ in range(3):
+        curriculum.update(0.0, "kv-drill", 5, 0.1)
+    assert curriculum.high == 6
+    curriculum.high = 60
+    for _ in range(3):
+        curriculum.update(0.0, "kv-drill", 50, 0.1)
+    assert curriculum.high == 64  # by a quarter, capped at MAX

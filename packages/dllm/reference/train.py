@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pairs per retrieval context, drawn per batch (evaluation uses 64)")
     p.add_argument("--kv-ramp", type=float, default=0.0,
                    help="grow the largest context from MIN to MAX pairs over this share of the run (0: no ramp)")
+    p.add_argument("--kv-advance", type=float, default=None, metavar="LOSS",
+                   help="adaptive curriculum instead of --kv-ramp: the largest context starts at MIN pairs and "
+                        "grows by a quarter each time the mean drill loss at that size falls below LOSS")
     p.add_argument("--drill", type=float, default=0.6, help="share of retrieval batches that are drills")
     p.add_argument("--save-minutes", type=float, default=10.0, help="save a checkpoint to --out this often")
     p.add_argument("--init", default=None, metavar="FOLDER",
@@ -121,22 +124,47 @@ def sft_loss(model: LLaDAModel, ids: torch.Tensor, attention_mask: torch.Tensor,
     return ((ce * masked / t).sum(1) / eligible.sum(1)).mean()
 
 
-def batch(task: str, rng: random.Random, args: argparse.Namespace, progress: float = 1.0):
-    """One training batch of ``task``: ``(ids, attention_mask, prompt_length, maskable or None, name)``.
+def batch(task: str, rng: random.Random, args: argparse.Namespace, high: int):
+    """One training batch of ``task``: ``(ids, attention_mask, prompt_length, maskable or None, name, pairs)``.
 
-    ``progress`` (0 to 1, the share of the run done) sets the largest retrieval context under ``--kv-ramp``."""
+    ``high``: the largest retrieval context now (the curriculum's; see :class:`Curriculum`)."""
     drill = task == "kv" and rng.random() < args.drill
-    low, high = args.kv_pairs
-    if args.kv_ramp > 0:
-        high = low + round((high - low) * min(1.0, progress / args.kv_ramp))
-    kwargs = {"pairs": rng.randint(low, high)} if task == "kv" else {}
+    pairs = rng.randint(args.kv_pairs[0], high) if task == "kv" else None
+    kwargs = {"pairs": pairs} if task == "kv" else {}
     make = (lambda: kv_drill(rng, **kwargs)) if drill else (lambda: example(task, rng, **kwargs))
     probe = make()
     length = len(probe.prompt.split()) + (len(probe.answer.split()) if drill else args.gen_length)
     exs = [probe] + [make() for _ in range(max(1, args.batch_tokens // length) - 1)]
     ids, mask, width = encode(exs, None if drill else args.gen_length)
     maskable = torch.tensor([drill_values(ex.answer) for ex in exs]) if drill else None
-    return ids, mask, width, maskable, "kv-drill" if drill else task
+    return ids, mask, width, maskable, "kv-drill" if drill else task, pairs
+
+
+class Curriculum:
+    """The largest retrieval context (pairs) of each batch.
+
+    ``--kv-ramp`` grows it linearly with the share of the run done. ``--kv-advance LOSS`` grows it only
+    when the model has learnt the current size: by a quarter (at least one pair) each time the mean
+    loss of the last ``window`` drills drawn near the top (within a quarter of it) falls below LOSS.
+    Retrieval over many pairs is out of reach until it works over few; a fixed ramp outran it (CARD.md)."""
+
+    def __init__(self, args: argparse.Namespace, window: int = 40) -> None:
+        self.low, self.top = args.kv_pairs
+        self.ramp, self.advance, self.window = args.kv_ramp, args.kv_advance, window
+        self.high = self.low if (self.ramp > 0 or self.advance) else self.top
+        self.recent: list[float] = []
+
+    def update(self, progress: float, task: str, pairs: int | None, loss: float) -> None:
+        if self.advance is None:
+            if self.ramp > 0:
+                self.high = self.low + round((self.top - self.low) * min(1.0, progress / self.ramp))
+            return
+        if task != "kv-drill" or pairs is None or pairs < self.high - self.high // 4:
+            return
+        self.recent = [*self.recent, loss][-self.window:]
+        if len(self.recent) == self.window and sum(self.recent) / self.window < self.advance and self.high < self.top:
+            self.high = min(self.top, max(self.high + 1, round(self.high * 1.25)))
+            self.recent = []
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -168,11 +196,13 @@ def train(args: argparse.Namespace) -> dict:
     total = args.steps
     bar = tqdm(range(args.steps), desc="train", unit="step")
     out, saved = Path(args.out), start
+    curriculum = Curriculum(args)
     for step in bar:
         if time.time() > deadline:
             break
         progress = max(step / max(1, total), (time.time() - start) / (deadline - start))
-        ids, mask, width, maskable, task = batch(rng.choices(TASKS, weights=args.mix)[0], rng, args, progress)
+        task = rng.choices(TASKS, weights=args.mix)[0]
+        ids, mask, width, maskable, task, pairs = batch(task, rng, args, curriculum.high)
         if args.minutes and step == 20:
             total = min(args.steps, int(20 * 60 * args.minutes / (time.time() - start)))
         for group in opt.param_groups:
@@ -182,9 +212,11 @@ def train(args: argparse.Namespace) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        log.append({"step": first + step, "task": task, "loss": float(loss), "seconds": offset + time.time() - start})
+        entry = {"step": first + step, "task": task, "loss": float(loss), "seconds": offset + time.time() - start}
+        log.append(entry if pairs is None else {**entry, "pairs": pairs})
+        curriculum.update(progress, task, pairs, float(loss))
         if step % args.log_every == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}", task=task)
+            bar.set_postfix(loss=f"{float(loss):.3f}", task=task, pairs=curriculum.high)
         if time.time() > saved + 60 * args.save_minutes:
             _save(model, out, {"stages": stages, "log": earlier["log"] + log})
             saved = time.time()
