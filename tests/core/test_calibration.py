@@ -67,8 +67,11 @@ def magcache_profile(model, inputs):
                      options={"retention": 0.0}, search=SearchConfig(tolerance=0.05), progress=False)
 
 
-def run(model, inputs, policy, steps):
+def run(model, inputs, policy, steps, known=False):
+    """``known``: the handle is told the schedule, as a pipeline's is (triggers may use it)."""
     handle = fc.apply(model, policy, ToyAdapter())
+    if known:
+        handle.set_schedule(schedule(steps))
     out = sample(model, inputs, schedule(steps))
     ratio = handle.stats().compute_ratio
     computes = sum(d.computed for d in handle.trace())
@@ -294,18 +297,16 @@ def test_time_grid_triggers_equal_the_paper_rules_on_the_calibration_grid(model,
 def test_a_profile_fitted_at_12_steps_serves_8_and_20(model, inputs, method, request):
     profile = request.getfixturevalue(f"{method}_profile")
     preset = fc.PRESETS[method]
-    options = {"retention": 0.0} if method == "magcache" else {}
-    _, ratio_12, _ = run(model, inputs, preset(profile=profile), 12)
+    assert profile.preset_kwargs()["compute_ratio"] == 0.5
     for steps in (8, 20):
-        reference = sample(model, inputs, schedule(steps))
-        out, ratio, _ = run(model, inputs, preset(profile=profile), steps)
-        native = calibrate(model, generation(model, inputs, steps), method, target_ratio=0.5, adapter=ToyAdapter(),
-                           options=options, search=SearchConfig(tolerance=0.05), progress=False)
-        native_out, _, _ = run(model, inputs, preset(profile=native), steps)
-        # the threshold keeps its cadence: about the compute ratio it was calibrated to, at a
-        # fidelity near that of a profile calibrated at this step count (measured: 0-3.6 dB lower)
-        assert ratio == pytest.approx(ratio_12, abs=0.1)
-        assert psnr(out, reference) > psnr(native_out, reference) - 5.0
+        computes = run(model, inputs, preset(profile=profile), steps, known=True)[2]
+        # the threshold is re-targeted to the profile's 2x target at this step count: MagCache's
+        # modelled run is its real one, TeaCache's follows the recorded mean change (measured: exact
+        # here, where the threshold as searched computes one step more with TeaCache)
+        assert abs(computes - steps // 2) <= (0 if method == "magcache" else 1), (computes, steps)
+        # without the schedule nothing can be re-targeted: the searched threshold runs as it is
+        unknown = run(model, inputs, preset(profile=profile), steps)[2]
+        assert unknown == run(model, inputs, preset(profile=profile, retarget=False), steps)[2]
 
 
 # -- a real diffusers pipeline -----------------------------------------------------------------------

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from forecache.core.triggers import (
     FLUX_MAG_PROFILE,
     FLUX_MAG_RATIOS,
@@ -28,6 +27,8 @@ from forecache.core.triggers import (
     TransformRate,
     ask,
 )
+from forecache.core.triggers.magnitude import _flux_sigmas
+from forecache.core.triggers.retarget import count_computes
 
 # A decreasing, non-uniform schedule of 10 steps.
 T = (1.0, 0.92, 0.8, 0.66, 0.5, 0.36, 0.24, 0.14, 0.06, 0.0)
@@ -222,6 +223,49 @@ def test_magnitude_profile_reads_other_step_counts_by_time():
     assert metrics[1] == pytest.approx(abs(1 - FLUX_MAG_PROFILE.ratio(fine[0], fine[1])), rel=1e-12)
 
 
+def test_count_computes_runs_the_triggers_own_rule_on_a_modelled_trajectory():
+    # identity polynomial, a change of 0.1 per step, threshold 0.25: acc 0.1, 0.2, 0.3 -> compute at 3,
+    # 6, and the last step 9 computes by rule
+    changes = [0.0] + [0.1] * 9
+    assert count_computes(RelativeL1(0.25), T, changes) == 4
+    assert drive(RelativeL1(0.25), inputs=[torch.full((1, 2), 1.1 ** i, dtype=torch.float64) for i in range(10)])[0] \
+        == "C--C--C--C"
+    # MagCache reads only its ratios: the count is the driven pattern's
+    trigger = MagnitudeRatio(0.1, 5, 0.0, ratios=FLUX_MAG_PROFILE)
+    assert count_computes(trigger, FLUX_MAG_TIMES) == drive(trigger, schedule=FLUX_MAG_TIMES)[0].count("C")
+
+
+@pytest.mark.parametrize("threshold", [0.03, 0.06, 0.12, 0.24])
+def test_a_retargeted_magcache_threshold_keeps_the_compute_ratio_at_other_step_counts(threshold):
+    def computes(n, **kwargs):
+        grid = _flux_sigmas(n)
+        trigger = MagnitudeRatio(threshold, 5, 0.1, FLUX_MAG_PROFILE, time_grid=FLUX_MAG_TIMES, **kwargs)
+        return drive(trigger, schedule=grid)[0].count("C"), trigger.threshold_for(Observation(0, grid[0], grid, None))
+
+    on_28, same = computes(28)
+    assert same == threshold  # the calibration grid: the paper's rule with the threshold as given
+    for n in (20, 50):
+        # the calibration grid's cadence (round(n * c / 28)), or the target the threshold was searched for
+        assert computes(n)[0] == round(n * on_28 / 28)
+        assert computes(n, compute_ratio=1 / 3)[0] == round(n / 3)
+    assert computes(50, retarget=False)[1] == threshold
+
+
+def test_a_retargeted_teacache_threshold_follows_the_recorded_changes():
+    # the signal changes by 0.08 per calibration step (10 steps); at 19 steps each step moves half as far
+    grid = tuple(np.linspace(1.0, 0.0, 10))
+    trigger = RelativeL1(0.2, time_grid=grid, input_changes=[0.0] + [0.08] * 9, compute_ratio=0.4)
+    assert trigger.threshold_for(Observation(0, 1.0, grid, None)) == 0.2
+    fine = tuple(np.linspace(1.0, 0.0, 19))
+    retargeted = trigger.threshold_for(Observation(0, 1.0, fine, None))
+    assert trigger.signal_changes(fine) == [pytest.approx([0.0] + [0.04] * 18)]  # one recorded trajectory
+    inputs = [torch.full((1, 2), 1.04 ** i, dtype=torch.float64) for i in range(19)]
+    assert drive(trigger, inputs=inputs, schedule=fine)[0].count("C") == round(19 * 0.4)
+    assert retargeted != 0.2
+    # without recorded changes there is nothing to model the run with: the threshold stays
+    assert RelativeL1(0.2, time_grid=grid, compute_ratio=0.4).threshold_for(Observation(0, 1.0, fine, None)) == 0.2
+
+
 def test_magnitude_ratio_needs_ratios_and_schedule():
     MagnitudeRatio().validate()  # unset ratios are legal until bound to a model
     with pytest.raises(ValueError, match=r"ratios.*calibrate.*ratios="):
@@ -344,6 +388,9 @@ def test_zero_threshold_never_skips():
         (RelativeL1(-0.1), "threshold"),
         (RelativeL1(0.4, coefficients=(float("nan"), 1.0)), "coefficients"),
         (RelativeL1(0.4, input_range=(0.2, 0.1)), "input_range"),
+        (RelativeL1(0.4, time_grid=T, input_changes=(0.1,) * 3), "input_changes"),
+        (RelativeL1(0.4, compute_ratio=1.5), "compute_ratio"),
+        (MagnitudeRatio(ratios=G, times=T, compute_ratio=0.0), "compute_ratio"),
         (ProbeResidual(-0.01), "threshold"),
         (ProbeResidual(0.1, warmup=-1), "warmup"),
         (ProbeResidual(0.1, max_cached_steps=-2), "max_cached_steps"),

@@ -82,7 +82,8 @@ def calibrate(
         recording = record(target, gens, adapter, schedule, progress)
         references = recording.outputs
         if method == "teacache":
-            data = {**fit_teacache(recording, degree, fit_target).as_data(), "fit_target": fit_target}
+            data = {**fit_teacache(recording, degree, fit_target).as_data(), "fit_target": fit_target,
+                    "input_changes": recording.input_changes()}
         else:
             data = {"ratios": list(fit_magcache(recording).ratios)}
         time_grid, model_class = recording.time_grid, recording.model_class

@@ -11,6 +11,8 @@ File format, version 1::
      "method": "teacache",                           # the preset it is for
      "time_grid": [1.0, 0.96, ...],                  # the times the model received, in step order
      "data": {"coefficients": [...], "degree": 4,    # TeaCache (arXiv 2411.19108) polynomial
+              "input_range": [lo, hi],                # the input changes it was fitted on
+              "input_changes": [[...], ...],          # per recorded trajectory, its change per step
               "ratios": [...],                       # MagCache (arXiv 2506.09045) ratios, on time_grid
               "search": {"knob": "threshold", "value": 0.31, "target": {"compute_ratio": 0.5},
                          "achieved": {...}, "steps": 28, "options": {...}, "evaluations": [...]}},
@@ -22,20 +24,19 @@ any preset with a strength knob the threshold ``search`` result; a profile may h
 a searched knob. Non-finite numbers (an identical output's PSNR) are stored as ``null``.
 
 Step counts. TeaCache's and MagCache's thresholds bound a quantity that the reference rules sum
-step by step, so the same threshold means more accumulated change at 50 steps than at 28 (and
-TeaCache's polynomial would be read outside the range it was fitted on). A profile therefore
-passes its ``time_grid`` to the trigger, which reads every step in units of the calibration grid's
-local step (:class:`~forecache.core.triggers.step_scale.StepScale`): on the calibration grid that
-is exactly the paper's rule, and elsewhere the threshold keeps its meaning as an error budget in
-the model's time. The number of full computations, and with it the fidelity against the uncached
-output, then stays about the same across step counts, while the compute ratio follows the step
-count (lower at 50 steps, higher at 20). We chose this over rescaling the threshold to hold the
-compute ratio because a threshold is a statement about error, and error is what must not grow
-silently when a user changes the step count. To hold a compute ratio exactly at another step
-count, re-run only the search there: ``calibrate(..., profile=p)`` (CLI ``--profile p.json
---steps 50``) reuses the fit and costs a few generations. The other presets' knobs (intervals,
-FBCache's and DBCache's probe thresholds, EasyCache, Foresight, SpeCa) are used as searched:
-intervals are counted in steps, so they keep the compute ratio instead.
+step by step, so the same threshold would skip more steps at 50 steps than at 28 (and TeaCache's
+polynomial would be read outside the range it was fitted on). A profile therefore passes its
+``time_grid`` to the trigger, which reads every step in units of the calibration grid's local step
+(:class:`~forecache.core.triggers.step_scale.StepScale`), keeping the threshold's cadence; and,
+where the run's schedule is known, the threshold is re-targeted to the compute ratio the search
+aimed for (``search.target.compute_ratio``) by running the trigger's rule ahead on the schedule with
+the recorded dynamics (MagCache's ratios; TeaCache's ``input_changes``, each recorded trajectory's
+signal change per calibration step): :mod:`forecache.core.triggers.retarget`. On the calibration grid both are exactly
+the papers' rules. A profile searched for a fidelity target keeps the calibration grid's compute
+ratio. To re-run the search itself at another step count: ``calibrate(..., profile=p)`` (CLI
+``--profile p.json --steps 50``) reuses the fit and costs a few generations. The other presets'
+knobs (intervals, FBCache's and DBCache's probe thresholds, EasyCache, Foresight, SpeCa) are used
+as searched: intervals are counted in steps, so they keep the compute ratio.
 """
 
 from __future__ import annotations
@@ -86,11 +87,14 @@ class Profile:
         if not isinstance(self.data, dict):
             raise ValueError(f"Profile.data must be a dict, got {type(self.data).__name__}")
         n = len(self.time_grid)
-        if "ratios" in self.data and len(self.data["ratios"]) != n:
-            raise ValueError(
-                f"Profile.data['ratios'] has {len(self.data['ratios'])} entries but time_grid has {n}; "
-                "ratios are per step of the calibration grid: re-calibrate"
-            )
+        rows = [("ratios", self.data["ratios"])] if "ratios" in self.data else []
+        rows += [("input_changes", row) for row in self.data.get("input_changes", [])]
+        for key, row in rows:
+            if len(row) != n:
+                raise ValueError(
+                    f"Profile.data[{key!r}] has {len(row)} entries per trajectory but time_grid has {n}; "
+                    f"{key} are per step of the calibration grid: re-calibrate"
+                )
 
     # -- what presets read -------------------------------------------------------------------------
     @property
@@ -120,6 +124,8 @@ class Profile:
             out["time_grid"] = self.time_grid
             if "input_range" in self.data:
                 out["input_range"] = tuple(float(x) for x in self.data["input_range"])
+            if "input_changes" in self.data:
+                out["input_changes"] = tuple(tuple(float(x) for x in row) for row in self.data["input_changes"])
         if "ratios" in self.data:
             out["ratios"] = self.magnitude_profile()
             out["time_grid"] = self.time_grid
@@ -127,6 +133,9 @@ class Profile:
         if search:
             out.update(search.get("options") or {})
             out[search["knob"]] = search["value"]
+            ratio = (search.get("target") or {}).get("compute_ratio")
+            if "time_grid" in out and ratio is not None:  # re-targeted at other step counts (triggers.retarget)
+                out["compute_ratio"] = float(ratio)
         return out
 
     # -- files -------------------------------------------------------------------------------------

@@ -170,6 +170,13 @@ class Recording:
                     ys.append(y)
         return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
+    def input_changes(self) -> list[list[float]]:
+        """Per trajectory, its ``input_change`` at each step (0.0 at step 0): how TeaCache's signal
+        moves along the grid, which lets a threshold be re-targeted to another step count
+        (:mod:`forecache.core.triggers.retarget`)."""
+        self.time_grid  # noqa: B018 - checks that the trajectories share one grid
+        return [[0.0] + [float(p.input_change) for p in tr.points[1:]] for tr in self.trajectories]
+
     def magnitude_ratios(self) -> np.ndarray:
         """MagCache's ratios, ``(trajectories, steps)``, with 1.0 at step 0."""
         self.time_grid  # noqa: B018 - checks that the trajectories share one grid

@@ -9,7 +9,11 @@ from ..policy import Policy
 from ..selectors.blocks import Blocks
 from ..triggers.foresight import Foresight
 from ..triggers.magnitude import MagnitudeRatio
-from ..triggers.probe_residual import DBCACHE_DEFAULTS, FBCACHE_FLUX_THRESHOLD, ProbeResidual
+from ..triggers.probe_residual import (
+    DBCACHE_DEFAULTS,
+    FBCACHE_FLUX_THRESHOLD,
+    ProbeResidual,
+)
 from ..triggers.rel_l1 import RelativeL1
 from ..triggers.transform_rate import TransformRate
 from .profiled import accepts_profile
@@ -21,6 +25,9 @@ def teacache(
     coefficients: Sequence[float] | None = None,
     time_grid: Sequence[float] | None = None,
     input_range: Sequence[float] | None = None,
+    input_changes: Sequence[float] | None = None,
+    compute_ratio: float | None = None,
+    retarget: bool = True,
     **options,
 ) -> Policy:
     """TeaCache: Timestep Embedding Tells (arXiv 2411.19108).
@@ -30,13 +37,16 @@ def teacache(
     ``threshold=0.4`` is TeaCache's FLUX setting for about 1.8x (0.25: 1.5x, 0.6: 2x, 0.8: 2.25x).
     ``coefficients`` default to the polynomial published for the model's class (adapter), else
     the identity. ``threshold=0`` never skips. ``profile=`` (a calibration profile or its path,
-    ``forecache calibrate --method teacache``) gives fitted ``coefficients``, their ``time_grid``
-    (which keeps the threshold's cadence at other step counts), the ``input_range`` they were
-    fitted on (the polynomial is not read outside it; see ``RelativeL1``) and a searched
-    ``threshold``.
+    ``forecache calibrate --method teacache``) gives fitted ``coefficients``, their ``time_grid``,
+    the ``input_range`` they were fitted on (the polynomial is not read outside it), the recorded
+    ``input_changes`` and a searched ``threshold`` with its target ``compute_ratio``: at another
+    step count the threshold is re-targeted to that ratio (``retarget=False``: keep it as searched;
+    see ``RelativeL1``).
     """
     return Policy(
-        where=Blocks(), when=RelativeL1(threshold, coefficients, time_grid, input_range), what=Reuse(),
+        where=Blocks(), when=RelativeL1(threshold, coefficients, time_grid, input_range, input_changes,
+                                        retarget, compute_ratio),
+        what=Reuse(),
         name="teacache", paper="arXiv:2411.19108", **options,
     )
 
@@ -48,6 +58,8 @@ def magcache(
     retention: float = 0.1,
     ratios=None,
     time_grid: Sequence[float] | None = None,
+    compute_ratio: float | None = None,
+    retarget: bool = True,
     **options,
 ) -> Policy:
     """MagCache: Fast Video Generation with Magnitude-Aware Cache (arXiv 2506.09045).
@@ -57,11 +69,13 @@ def magcache(
     first ``retention`` of the steps. Defaults are MagCache's FLUX setting; ``ratios`` default to the
     profile published for the model's class (adapter). ``threshold=0`` never skips. ``profile=`` (a
     calibration profile or its path, ``forecache calibrate --method magcache``) gives the model's
-    measured ``ratios``, their ``time_grid`` (threshold and ``max_skip`` then count in calibration
-    steps at any step count, see ``MagnitudeRatio``) and a searched ``threshold``.
+    measured ``ratios``, their ``time_grid`` and a searched ``threshold`` with its target
+    ``compute_ratio``: at another step count the threshold is re-targeted to that ratio
+    (``retarget=False``: keep it as searched; see ``MagnitudeRatio``).
     """
     return Policy(
-        where=Blocks(), when=MagnitudeRatio(threshold, max_skip, retention, ratios, time_grid=time_grid),
+        where=Blocks(), when=MagnitudeRatio(threshold, max_skip, retention, ratios, time_grid=time_grid,
+                            retarget=retarget, compute_ratio=compute_ratio),
         what=Reuse(),
         name="magcache", paper="arXiv:2506.09045", **options,
     )

@@ -15,8 +15,13 @@ class Accumulating(Trigger):
 
     threshold: float
 
+    def threshold_for(self, obs: Observation) -> float:
+        """The threshold this step compares against (a calibrated trigger may re-target it)."""
+        return self.threshold
+
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
-        if metric is None or is_last_step(obs) or self.threshold <= 0:
+        threshold = self.threshold_for(obs)
+        if metric is None or is_last_step(obs) or threshold <= 0:
             return True
         state["acc"] = metric
-        return metric >= self.threshold
+        return metric >= threshold

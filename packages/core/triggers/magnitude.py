@@ -11,6 +11,7 @@ import torch
 
 from ._common import check, check_int, check_real, num_steps
 from .base import Observation, Trigger
+from .retarget import RetargetsThreshold
 from .step_scale import StepScale
 
 
@@ -102,7 +103,7 @@ MAGCACHE_FLUX_DEFAULTS: dict = {"threshold": 0.24, "max_skip": 5, "retention": 0
 Ratios = MagnitudeProfile | Sequence[float] | Callable[[float], float]
 
 
-class MagnitudeRatio(Trigger):
+class MagnitudeRatio(RetargetsThreshold, Trigger):
     """MagCache (arXiv 2506.09045): skip while the modelled error of reusing a residual is small.
 
     The magnitude ratio of adjacent residuals ``g_t = ||r_t|| / ||r_{t-1}||`` is nearly the same
@@ -141,6 +142,14 @@ class MagnitudeRatio(Trigger):
     than asked at 50 steps and lost 3.5 to 5.5 dB against a profile calibrated at 50.) ``None``
     (default): the reference's per-step rule.
 
+    Re-targeting (``retarget=True``, with ``time_grid`` and the run's schedule known): the decisions
+    depend only on the ratios and the schedule, so this rule run ahead on the schedule gives the
+    exact number of computations; the threshold is re-targeted per schedule to the compute ratio it
+    was searched for (``compute_ratio``; else the calibration grid's own), as a calibration at that
+    step count would aim (:func:`~forecache.core.triggers.retarget.retarget_threshold`). At 20 steps
+    a 28-step 3x profile then computes 7 times, where its cadence gives 6. On the calibration grid
+    the threshold is used as given.
+
     Deviations: ratios are interpolated in time and multiplied over the step instead of
     resampled by nearest index; the reference's FLUX-only forced compute at calibration step 11
     of 28 is not reproduced (a site window can force steps).
@@ -154,8 +163,12 @@ class MagnitudeRatio(Trigger):
         ratios: Ratios | None = None,
         times: Sequence[float] | None = None,
         time_grid: Sequence[float] | None = None,
+        retarget: bool = True,
+        compute_ratio: float | None = None,
     ) -> None:
         self.threshold = threshold
+        self.compute_ratio = compute_ratio
+        self.retarget = retarget
         self.max_skip = max_skip
         self.retention = retention
         self.ratios = ratios
@@ -178,6 +191,7 @@ class MagnitudeRatio(Trigger):
         check_real(who, "retention", self.retention, 0.0, "use a fraction in [0, 1], e.g. 0.1")
         check(self.retention <= 1.0, who, "retention", self.retention, "must be a fraction in [0, 1]",
               "use e.g. 0.1 (the first 10% of steps compute)")
+        self.check_compute_ratio()
 
     def _require_ratios(self, where: str) -> None:
         check(self.ratios is not None, type(self).__name__, "ratios", None,
@@ -192,7 +206,8 @@ class MagnitudeRatio(Trigger):
         published = getattr(adapter, "magcache_ratios", None)
         if published is None:
             self._require_ratios(f"{type(adapter).__name__} publishes none for this model")
-        return type(self)(self.threshold, self.max_skip, self.retention, ratios=published, time_grid=self.time_grid)
+        return type(self)(self.threshold, self.max_skip, self.retention, ratios=published, time_grid=self.time_grid,
+                          retarget=self.retarget, compute_ratio=self.compute_ratio)
 
     def describe(self) -> dict:
         if self._profile is None:
@@ -202,7 +217,7 @@ class MagnitudeRatio(Trigger):
             ratios = f"{len(self._profile.ratios)} ratios on a {grid} grid"
         calibration = None if self.time_grid is None else f"{len(self.time_grid)} calibration steps"
         return {"threshold": self.threshold, "max_skip": self.max_skip,
-                "retention": self.retention, "ratios": ratios, "time_grid": calibration}
+                "retention": self.retention, "ratios": ratios, "time_grid": calibration, "retarget": self.retarget}
 
     def new_state(self) -> dict:
         return {"prev_u": None, "prev_t": None, "acc_ratio": 1.0, "acc_err": 0.0}
@@ -236,11 +251,12 @@ class MagnitudeRatio(Trigger):
         return state["acc_err"] + abs(1.0 - state["acc_ratio"] * self._gamma(state, obs))
 
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
-        if metric is None or obs.since_compute is None or self.threshold <= 0:
+        threshold = self.threshold_for(obs)
+        if metric is None or obs.since_compute is None or threshold <= 0:
             return True
         state["acc_ratio"] *= self._gamma(state, obs)
         state["acc_err"] = metric
-        return not (metric <= self.threshold and obs.since_compute <= self.max_skip)
+        return not (metric <= threshold and obs.since_compute <= self.max_skip)
 
     def observe(
         self,

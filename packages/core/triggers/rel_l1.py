@@ -10,6 +10,7 @@ import torch
 from ._common import check, check_real, relative_l1, snapshot
 from .accumulate import Accumulating
 from .base import Observation
+from .retarget import RetargetsThreshold
 from .step_scale import StepScale
 
 #: TeaCache's rescaling polynomial for FLUX.1 (numpy.poly1d order, highest power first), fitted
@@ -24,7 +25,15 @@ TEACACHE_FLUX_COEFFICIENTS: tuple[float, ...] = (
 )
 
 
-class RelativeL1(Accumulating):
+def _trajectories(changes) -> tuple[tuple[float, ...], ...]:
+    """One sequence of per-step changes, or one per trajectory, as a tuple of trajectories."""
+    rows = list(changes)
+    if rows and not isinstance(rows[0], (Sequence, np.ndarray)):
+        rows = [rows]
+    return tuple(tuple(float(x) for x in row) for row in rows)
+
+
+class RelativeL1(RetargetsThreshold, Accumulating):
     """TeaCache (arXiv 2411.19108): compute when the accumulated estimate of output change is big.
 
     ``coefficients=None`` takes the polynomial the model's adapter publishes (:meth:`bind`), else
@@ -60,6 +69,14 @@ class RelativeL1(Accumulating):
     asked at 50 steps, and lost 9 to 15 dB against a profile calibrated at 50.) ``None`` (default):
     the reference's per-step rule, as published coefficients expect.
 
+    Re-targeting (``retarget=True``, with ``time_grid``, the recorded ``input_changes`` — the mean
+    change at each calibration step — and the run's schedule known): the cadence alone still lands
+    a whole computation off at coarse step counts, where one computation is a large share of the
+    run, so the threshold is re-targeted per schedule to the compute ratio it was searched for
+    (``compute_ratio``; else the calibration grid's own) by running this rule on the recorded changes
+    (:func:`~forecache.core.triggers.retarget.retarget_threshold`). On the calibration grid the
+    threshold is used as given.
+
     ``input_range``: ``(low, high)``, the input changes the polynomial was fitted on; the rescaled
     change is read at ``d`` clamped into it. A degree-4 fit swings far outside its data (the
     reference image model's fit gives -1.2 at 1.16x its largest input), and a negative term
@@ -80,8 +97,14 @@ class RelativeL1(Accumulating):
         coefficients: Sequence[float] | None = None,
         time_grid: Sequence[float] | None = None,
         input_range: Sequence[float] | None = None,
+        input_changes: Sequence[float] | Sequence[Sequence[float]] | None = None,
+        retarget: bool = True,
+        compute_ratio: float | None = None,
     ) -> None:
         self.threshold = threshold
+        self.compute_ratio = compute_ratio
+        self.input_changes = None if input_changes is None else _trajectories(input_changes)
+        self.retarget = retarget
         self.input_range = None if input_range is None else tuple(float(x) for x in input_range)
         self.coefficients = None if coefficients is None else tuple(float(c) for c in coefficients)
         self._poly = None if self.coefficients is None else np.poly1d(self.coefficients)
@@ -99,6 +122,15 @@ class RelativeL1(Accumulating):
             ok = len(self.input_range) == 2 and all(np.isfinite(self.input_range))
             check(ok and self.input_range[0] <= self.input_range[1], who, "input_range", self.input_range,
                   "must be (low, high) with low <= high", "pass the fit's input range, or None")
+        self.check_compute_ratio()
+        if self.input_changes is not None:
+            grid, lengths = self.time_grid, sorted({len(row) for row in self.input_changes})
+            check(grid is not None and lengths == [len(grid)], who, "input_changes", lengths,
+                  "needs time_grid and, per recorded trajectory, one change per step of it",
+                  "pass both from one calibration profile")
+            values = np.asarray(self.input_changes, dtype=np.float64)
+            check(bool(np.all(np.isfinite(values)) and np.all(values >= 0)), who, "input_changes",
+                  "(values)", "must be finite and >= 0", "re-calibrate")
 
     def bind(self, adapter) -> RelativeL1:
         """Fill ``coefficients`` left unset from the polynomial the adapter publishes for its model
@@ -106,12 +138,40 @@ class RelativeL1(Accumulating):
         published = getattr(adapter, "teacache_coefficients", None)
         if self.coefficients is not None or published is None:
             return self
-        return type(self)(self.threshold, published, self.time_grid, self.input_range)
+        return type(self)(self.threshold, published, self.time_grid, self.input_range, self.input_changes,
+                          self.retarget, self.compute_ratio)
 
     def describe(self) -> dict:
         grid = None if self.time_grid is None else f"{len(self.time_grid)} calibration steps"
         return {"threshold": self.threshold, "coefficients": self.coefficients, "time_grid": grid,
-                "input_range": self.input_range}
+                "input_range": self.input_range, "retarget": self.retarget and self.can_retarget()}
+
+    def can_retarget(self) -> bool:
+        return self.input_changes is not None
+
+    def signal_changes(self, grid: Sequence[float]) -> list[list[float]]:
+        """Per recorded trajectory, the change its signal is expected to show at each step of ``grid``.
+
+        Each calibration step's change is spread evenly over its time interval, and a step of ``grid``
+        collects the share of every interval it overlaps (beyond the calibration grid, the end
+        interval's rate): on the calibration grid this gives back the recorded changes, and a large
+        first change stays in the step that spans it instead of leaking into its neighbours."""
+        cal = np.asarray(self.time_grid, dtype=np.float64)
+        lo, hi = np.minimum(cal[:-1], cal[1:]), np.maximum(cal[:-1], cal[1:])
+        first, last = int(np.argmin(lo)), int(np.argmax(hi))
+        out = []
+        for row in self.input_changes:
+            rates = np.asarray(row[1:], dtype=np.float64) / (hi - lo)  # change per unit of time
+            changes = [0.0]
+            for a, b in zip(grid[:-1], grid[1:]):
+                s, e = min(a, b), max(a, b)
+                overlap = np.clip(np.minimum(e, hi) - np.maximum(s, lo), 0.0, None)
+                below = max(0.0, min(e, lo[first]) - s)
+                above = max(0.0, e - max(s, hi[last]))
+                changes.append(float(overlap @ rates + below * rates[first] + above * rates[last]))
+            out.append(changes)
+        return out
+
 
     def new_state(self) -> dict:
         return {"prev": None, "prev_t": None, "acc": 0.0}
