@@ -23,7 +23,7 @@ from forecache.science.model import MoleculeEGNN
 from forecache.science.molecule import uncollate
 from forecache.science.presets import ab_forecast
 from forecache.science.sampler import sample
-from forecache.science.train import atom_mask, draw_sizes, load_sizes
+from forecache.science.sizes import atom_mask, draw_sizes, load_sizes
 
 torch.set_num_threads(1)
 path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/molecule-flow")

@@ -1,7 +1,7 @@
 """The molecule-generation benchmark (`forecache bench science`), on the reference model ``models/molecule-flow``.
 
 One benchmark, ``molecules``: unconditional generation of molecules whose atom counts are drawn from the
-model's training-set histogram (``sizes.json``, :func:`~forecache.science.train.draw_sizes`, seed
+model's training-set histogram (``sizes.json``, :func:`~forecache.science.sizes.draw_sizes`, seed
 ``SIZE_SEED``), 100 Euler steps on the linear grid with self-conditioning (the uncached baseline). Sample
 counts: 500 molecules in a full run (the acceptance measures the baseline's quality on 500), 32 in a quick one.
 Molecules are batched by size (sorted, ``BATCH`` per batch: on one CPU thread a larger batch is no faster per
@@ -135,7 +135,7 @@ def fewer_steps_row(steps: int, note: str = "") -> Method:
 
 def load_reference(path: str | Path = DEFAULT_PATH) -> tuple[MoleculeEGNN, dict[int, int]]:
     """The reference model at ``path`` and its atom-count histogram, or a FileNotFoundError naming the fix."""
-    from .train import load_sizes
+    from .sizes import load_sizes
 
     folder = Path(path)
     if not (folder / "model.safetensors").is_file():
@@ -163,7 +163,7 @@ class MoleculeBenchmark:
         self.sampling: Sampling | None = None
 
     def prepare(self, quick: bool) -> None:
-        from .train import atom_mask, draw_sizes
+        from .sizes import atom_mask, draw_sizes
 
         if self.net is None:
             self.net, histogram = load_reference(self.path)

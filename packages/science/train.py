@@ -54,7 +54,6 @@ import math
 import platform
 import random
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -65,8 +64,8 @@ from tqdm.auto import tqdm
 from .model import EGNNConfig, MoleculeEGNN
 from .molecule import collate
 from .sampler import _initial_state, _prediction, sample
+from .sizes import atom_mask, draw_sizes, load_sizes, save_sizes, size_histogram
 
-SIZES = "sizes.json"
 LOG = "train_log.json"
 #: FlowMol's loss weights (coordinates, atom types, charges, bonds)
 LOSS_WEIGHTS = {"coords": 3.0, "atoms": 0.4, "charges": 1.0, "bonds": 2.0}
@@ -97,43 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--log-every", type=int, default=20)
     return p.parse_args(argv)
-
-
-# -- molecule sizes at generation time -----------------------------------------------------------------
-def size_histogram(molecules) -> dict[int, int]:
-    """Atom count -> number of molecules."""
-    return dict(sorted(Counter(m.num_atoms for m in molecules).items()))
-
-
-def save_sizes(folder: str | Path, histogram: dict[int, int]) -> Path:
-    path = Path(folder) / SIZES
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"atoms": {str(k): v for k, v in sorted(histogram.items())}}, indent=1) + "\n")
-    return path
-
-
-def load_sizes(folder: str | Path) -> dict[int, int]:
-    """The histogram :func:`save_sizes` wrote into ``folder``."""
-    path = Path(folder) / SIZES
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: it holds the atom-count histogram that generation draws sizes "
-                                "from; train.py writes it (or write one with forecache.science.train.save_sizes)")
-    return {int(k): int(v) for k, v in json.loads(path.read_text())["atoms"].items()}
-
-
-def draw_sizes(histogram: dict[int, int], n: int, generator: torch.Generator | None = None) -> list[int]:
-    """``n`` atom counts drawn from ``histogram`` (atom count -> frequency), as EDM draws N from the training
-    set's size distribution."""
-    counts = sorted(histogram)
-    weights = torch.tensor([float(histogram[c]) for c in counts])
-    picks = torch.multinomial(weights, n, replacement=True, generator=generator)
-    return [counts[i] for i in picks.tolist()]
-
-
-def atom_mask(sizes: list[int], max_atoms: int | None = None) -> torch.Tensor:
-    """The sampler's ``(B, N)`` bool mask for molecules of these sizes (``N = max(sizes)`` by default)."""
-    n = max_atoms if max_atoms is not None else max(sizes, default=0)
-    return torch.arange(n).unsqueeze(0) < torch.tensor(sizes).unsqueeze(1)
 
 
 # -- the flow-matching objective -----------------------------------------------------------------------

@@ -8,18 +8,20 @@ import torch
 from forecache.science.model import MoleculeEGNN
 from forecache.science.molecule import Molecule, collate
 from forecache.science.sampler import _initial_state, sample
+from forecache.science.sizes import (
+    atom_mask,
+    draw_sizes,
+    load_sizes,
+    save_sizes,
+    size_histogram,
+)
 from forecache.science.train import (
     PaddedSet,
-    atom_mask,
     clean_state,
-    draw_sizes,
     flow_loss,
     interpolate,
     kabsch_onto,
-    load_sizes,
     parse_args,
-    save_sizes,
-    size_histogram,
     train,
 )
 
