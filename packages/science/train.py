@@ -19,7 +19,7 @@ sampler integrates what this trains):
   distribution is rotation invariant and the model equivariant, it is also the random-rotation augmentation:
   no separate augmentation is done.
 - Time [Beta(2, 1), density 2t]: more training near the data end, where bond lengths and bond orders are
-  decided; SemlaFlow likewise skews its training times toward the data. ``--time uniform`` gives U(0, 1).
+  decided (our choice; not checked against a published recipe). ``--time uniform`` gives U(0, 1).
 - Self-conditioning [p = 0.5, per batch]: a no-grad first pass at the same ``x_t`` and ``t``; its prediction,
   turned into the state the sampler feeds back (``sampler._prediction``: coordinates, softmax probabilities,
   masked), is the second pass's ``cond`` (Chen et al., arXiv 2208.04202). Without it ``cond=None``, as the
