@@ -74,21 +74,16 @@ def retarget_threshold(
         runs = modelled[on] or [None]
         return sum(count_computes(probe, on, changes) for changes in runs) / len(runs)
 
-    def level_range(on: tuple[float, ...], level: float, below: float) -> tuple[float, float]:
-        """The thresholds in ``[low, high)`` above ``below`` that give the count ``level``."""
-        at = lambda x: count(x, on)
-        low = _bracket(at, level, below, _NEVER, iterations)[1]
-        return low, _bracket(at, level - 1e-9, low, _NEVER, iterations)[1]
-
     def bounds(on: tuple[float, ...], wanted: float) -> tuple[float, float]:
         """The thresholds ``[low, high)`` giving the achievable count nearest ``wanted`` (counts fall as the
         threshold grows)."""
-        at = lambda x: count(x, on)
+        at = lambda x: count(x, on)  # noqa: E731
         before, first = _bracket(at, wanted, 0.0, _NEVER, iterations)
-        under = at(first)  # the first level at or under the wanted count, and the one before it
-        if before is not None and (over := at(before)) - wanted <= wanted - under:
-            return level_range(on, over, 0.0)
-        return level_range(on, under, 0.0)
+        level = at(first)  # the first level at or under the wanted count; the one before it may be nearer
+        if before is not None and (over := at(before)) - wanted <= wanted - level:
+            level = over
+        low = _bracket(at, level, 0.0, _NEVER, iterations)[1]
+        return low, _bracket(at, level - 1e-9, low, _NEVER, iterations)[1]
 
     threshold = float(trigger.threshold)
     if threshold <= 0:
