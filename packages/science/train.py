@@ -59,6 +59,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from forecache.core.lr_schedule import warmup_cosine
 from tqdm.auto import tqdm
 
 from .model import EGNNConfig, MoleculeEGNN
@@ -228,13 +229,6 @@ class EMA:
         torch._foreach_add_(ema, new, alpha=1 - d)
 
 
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 # -- training ------------------------------------------------------------------------------------------
 def load_data(seed: int = 0):
     """``(train molecules, val molecules)`` of the NCI conformer set."""
@@ -288,7 +282,7 @@ def train(args: argparse.Namespace, data=None) -> dict:
             order += rng.sample(range(len(trainset)), len(trainset))
         index, order = torch.tensor(order[:args.batch]), order[args.batch:]
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, args.lr, args.warmup)
+            group["lr"] = warmup_cosine(step, total, args.lr, args.warmup)
         loss, parts = flow_loss(model, trainset.batch(index), gen, **options)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from forecache.core.lr_schedule import warmup_cosine
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_llada, save_llada
@@ -167,13 +168,6 @@ class Curriculum:
             self.recent = []
 
 
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def train(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -206,7 +200,7 @@ def train(args: argparse.Namespace) -> dict:
         if args.minutes and step == 20:
             total = min(args.steps, int(20 * 60 * args.minutes / (time.time() - start)))
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, args.lr, args.warmup)
+            group["lr"] = warmup_cosine(step, total, args.lr, args.warmup)
         loss = sft_loss(model, ids, mask, width, gen, maskable)
         opt.zero_grad(set_to_none=True)
         loss.backward()
