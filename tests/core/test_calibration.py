@@ -126,6 +126,10 @@ def test_recorded_changes_are_the_relative_l1_of_the_real_signals(model, inputs)
         expect = float((res[n].norm(dim=-1) / res[n - 1].norm(dim=-1)).mean())
         assert points[n].magnitude_ratio == pytest.approx(expect, rel=1e-5)
         assert points[n].residual_norm == pytest.approx(float(res[n].norm()), rel=1e-5)
+        if n >= 2:  # over two steps, against the signal of step n - 2
+            assert points[n].input_change_2 == pytest.approx(rel(sig[n], sig[n - 2]), rel=1e-5)
+    assert points[0].input_change_2 is None and points[1].input_change_2 is None
+    assert rec.two_step_changes()[0] == pytest.approx([0.0, 0.0] + [points[n].input_change_2 for n in range(2, 6)])
 
 
 # -- fits ------------------------------------------------------------------------------------------
@@ -246,6 +250,9 @@ def test_preset_arguments_override_the_profile(teacache_profile, magcache_profil
     assert policy.when.threshold == 0.9
     assert policy.when.coefficients == tuple(teacache_profile.data["coefficients"])
     assert policy.when.time_grid == teacache_profile.time_grid
+    # the recorded dynamics a re-targeted threshold is modelled on: one row per recorded trajectory
+    for key in ("input_changes", "two_step_changes"):
+        assert getattr(policy.when, key) == tuple(tuple(row) for row in teacache_profile.data[key])
     assert policy.calibrated_for == "ToyTransformer"
     mag = fc.magcache(profile=magcache_profile)
     assert mag.when.retention == 0.0 and mag.when.threshold == magcache_profile.knob[1]

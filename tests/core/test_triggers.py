@@ -266,6 +266,42 @@ def test_a_retargeted_teacache_threshold_follows_the_recorded_changes():
     assert RelativeL1(0.2, time_grid=grid, compute_ratio=0.4).threshold_for(Observation(0, 1.0, fine, None)) == 0.2
 
 
+def test_a_teacache_step_over_several_calibration_steps_reads_each_at_its_recorded_change():
+    # calibration at 5 points with a large first change: 0.4, then 0.1 per step; polynomial x^2.
+    # A 3-point run's first step spans calibration steps 1 and 2 (f = 1, 1; expected change 0.5).
+    # A live change of 0.5 is shared as 0.4 and 0.1, read as (0.4^2 + 0.1^2) / 2 = 0.085; reading
+    # it evenly per calibration step (0.5 / 2 = 0.25) would give 0.0625
+    cal = (1.0, 0.75, 0.5, 0.25, 0.0)
+    trigger = RelativeL1(10.0, coefficients=(1.0, 0.0, 0.0), time_grid=cal, input_changes=[0.0, 0.4, 0.1, 0.1, 0.1])
+    inputs = [torch.full((1, 2), v, dtype=torch.float64) for v in (1.0, 1.5, 1.5 * 1.2)]
+    metrics = drive(trigger, inputs=inputs, schedule=(1.0, 0.5, 0.0))[1]
+    assert metrics[1] == pytest.approx(0.085, rel=1e-7)
+    # second step: expected 0.2, live 0.2: (0.1^2 + 0.1^2) / 2 = 0.01, accumulated
+    assert metrics[2] == pytest.approx(0.085 + 0.01, rel=1e-7)
+    assert trigger.signal_changes((1.0, 0.5, 0.0)) == [pytest.approx([0.0, 0.5, 0.2])]
+    # on the calibration grid every step reads its own change: the reference rule
+    on_grid = [torch.full((1, 2), 1.1 ** i, dtype=torch.float64) for i in range(5)]
+    metrics = drive(trigger, inputs=on_grid, schedule=cal)[1]
+    assert metrics[1:] == pytest.approx([0.1 ** 2 * k for k in range(1, 5)], rel=1e-6)
+
+
+def test_two_step_changes_shrink_the_modelled_change_of_a_long_step():
+    # 0.1 per calibration step, 0.16 over two (s = 0.16 / 0.2 = 0.8). A step of 1.5 calibration steps
+    # changes 0.15 * (1 - 0.5 * (1 - 0.8)) = 0.135; one of 2.5, held at two: 0.25 * 0.8 = 0.2
+    cal = tuple(np.linspace(1.0, 0.0, 11))
+    kwargs = dict(time_grid=cal, input_changes=[0.0] + [0.1] * 10, two_step_changes=[0.0, 0.0] + [0.16] * 9)
+    trigger = RelativeL1(10.0, **kwargs)
+    trigger.validate()
+    assert trigger.signal_changes((1.0, 0.85, 0.7)) == [pytest.approx([0.0, 0.135, 0.135])]
+    assert trigger.signal_changes((1.0, 0.75)) == [pytest.approx([0.0, 0.2])]
+    assert trigger.signal_changes((1.0, 0.95)) == [pytest.approx([0.0, 0.05])]  # a short step: as spread
+    # a live change equal to the modelled one reads as the calibration step's own change, 0.1
+    inputs = [torch.full((1, 2), 1.135 ** i, dtype=torch.float64) for i in range(3)]
+    assert drive(trigger, inputs=inputs, schedule=(1.0, 0.85, 0.7))[1][1:] == pytest.approx([0.1, 0.2], rel=1e-6)
+    with pytest.raises(ValueError, match="two_step_changes"):
+        RelativeL1(0.2, time_grid=cal, two_step_changes=[0.0] * 11).validate()
+
+
 def test_magnitude_ratio_needs_ratios_and_schedule():
     MagnitudeRatio().validate()  # unset ratios are legal until bound to a model
     with pytest.raises(ValueError, match=r"ratios.*calibrate.*ratios="):

@@ -83,7 +83,8 @@ def calibrate(
         references = recording.outputs
         if method == "teacache":
             data = {**fit_teacache(recording, degree, fit_target).as_data(), "fit_target": fit_target,
-                    "input_changes": recording.input_changes()}
+                    "input_changes": recording.input_changes(),
+                    "two_step_changes": recording.two_step_changes()}
         else:
             data = {"ratios": list(fit_magcache(recording).ratios)}
         time_grid, model_class = recording.time_grid, recording.model_class

@@ -13,6 +13,7 @@ File format, version 1::
      "data": {"coefficients": [...], "degree": 4,    # TeaCache (arXiv 2411.19108) polynomial
               "input_range": [lo, hi],                # the input changes it was fitted on
               "input_changes": [[...], ...],          # per recorded trajectory, its change per step
+              "two_step_changes": [[...], ...],       # ... and over two steps (0 at steps 0 and 1)
               "ratios": [...],                       # MagCache (arXiv 2506.09045) ratios, on time_grid
               "search": {"knob": "threshold", "value": 0.31, "target": {"compute_ratio": 0.5},
                          "achieved": {...}, "steps": 28, "options": {...}, "evaluations": [...]}},
@@ -31,7 +32,8 @@ polynomial would be read outside the range it was fitted on). A profile therefor
 where the run's schedule is known, the threshold is re-targeted to the compute ratio the search
 aimed for (``search.target.compute_ratio``) by running the trigger's rule ahead on the schedule with
 the recorded dynamics (MagCache's ratios; TeaCache's ``input_changes``, each recorded trajectory's
-signal change per calibration step): :mod:`forecache.core.triggers.retarget`. On the calibration grid both are exactly
+signal change per calibration step, and over two steps, which tells how the change grows with the
+step size): :mod:`forecache.core.triggers.retarget`. On the calibration grid both are exactly
 the papers' rules. A profile searched for a fidelity target keeps the calibration grid's compute
 ratio. To re-run the search itself at another step count: ``calibrate(..., profile=p)`` (CLI
 ``--profile p.json --steps 50``) reuses the fit and costs a few generations. The other presets'
@@ -88,7 +90,7 @@ class Profile:
             raise ValueError(f"Profile.data must be a dict, got {type(self.data).__name__}")
         n = len(self.time_grid)
         rows = [("ratios", self.data["ratios"])] if "ratios" in self.data else []
-        rows += [("input_changes", row) for row in self.data.get("input_changes", [])]
+        rows += [(key, row) for key in ("input_changes", "two_step_changes") for row in self.data.get(key, [])]
         for key, row in rows:
             if len(row) != n:
                 raise ValueError(
@@ -124,8 +126,9 @@ class Profile:
             out["time_grid"] = self.time_grid
             if "input_range" in self.data:
                 out["input_range"] = tuple(float(x) for x in self.data["input_range"])
-            if "input_changes" in self.data:
-                out["input_changes"] = tuple(tuple(float(x) for x in row) for row in self.data["input_changes"])
+            for key in ("input_changes", "two_step_changes"):
+                if key in self.data:
+                    out[key] = tuple(tuple(float(x) for x in row) for row in self.data[key])
         if "ratios" in self.data:
             out["ratios"] = self.magnitude_profile()
             out["time_grid"] = self.time_grid

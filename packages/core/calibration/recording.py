@@ -44,6 +44,10 @@ class StepPoint:
     - ``residual_change``: of the block stack's residual ``r = output - input``, the feature that
       forecache's block-stack caches reuse.
 
+    ``input_change_2`` is the signal's change over two steps (against step ``n - 2``; ``None`` at
+    steps 0 and 1): set against the two one-step changes it spans, it tells how the change grows
+    with the step size, which a profile needs to be read at another step count.
+
     ``residual_norm`` is ``||r_n||_2`` over the row, and ``magnitude_ratio`` MagCache's
     ``g_n = mean over tokens of ||r_n|| / ||r_{n-1}||`` (norms over the channel dimension; arXiv
     2506.09045, as its calibration scripts compute it; ``None`` at step 0).
@@ -56,6 +60,7 @@ class StepPoint:
     residual_change: float | None
     residual_norm: float
     magnitude_ratio: float | None
+    input_change_2: float | None = None
 
 
 @dataclass
@@ -86,7 +91,7 @@ class Recorder(Trigger):
     def new_state(self) -> dict:
         trajectory = Trajectory(self.generation)
         self.trajectories.append(trajectory)
-        return {"trajectory": trajectory, "signal": None, "output": None, "residual": None}
+        return {"trajectory": trajectory, "signal": None, "signal_2": None, "output": None, "residual": None}
 
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
         return True
@@ -117,7 +122,9 @@ class Recorder(Trigger):
             residual_change=None if first else relative_l1(residual, prev_res),
             residual_norm=float(residual.norm()),
             magnitude_ratio=ratio,
+            input_change_2=None if state["signal_2"] is None else relative_l1(signal, state["signal_2"]),
         ))
+        state["signal_2"] = prev_sig
         state["signal"], state["output"], state["residual"] = snapshot(signal), snapshot(output), residual
 
 
@@ -176,6 +183,11 @@ class Recording:
         (:mod:`forecache.core.triggers.retarget`)."""
         self.time_grid  # noqa: B018 - checks that the trajectories share one grid
         return [[0.0] + [float(p.input_change) for p in tr.points[1:]] for tr in self.trajectories]
+
+    def two_step_changes(self) -> list[list[float]]:
+        """Per trajectory, its ``input_change_2`` at each step (0.0 at steps 0 and 1)."""
+        self.time_grid  # noqa: B018 - checks that the trajectories share one grid
+        return [[0.0, 0.0] + [float(p.input_change_2) for p in tr.points[2:]] for tr in self.trajectories]
 
     def magnitude_ratios(self) -> np.ndarray:
         """MagCache's ratios, ``(trajectories, steps)``, with 1.0 at step 0."""

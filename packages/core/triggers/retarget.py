@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,9 +53,12 @@ def retarget_threshold(
     Counts come from :func:`count_computes`, averaged over modelled trajectories: ``changes_on(grid)``
     gives, for a trigger that reads a signal, one sequence of signal changes along ``grid`` per
     recorded trajectory; a trigger that reads none has one trajectory. The wanted number of computes
-    on ``grid`` is ``len(grid) * compute_ratio``, or ``len(grid) * c / len(calibration_grid)`` with
-    ``c`` the count at ``threshold`` on the calibration grid; the count reached is the achievable one
-    nearest it (computing more on a tie). (The target, where known, is what a search at that step
+    on ``grid`` is the whole number nearest ``len(grid) * compute_ratio`` (half computes one more), or
+    ``len(grid) * c / len(calibration_grid)`` with ``c`` the count at ``threshold`` on the calibration
+    grid: a row computes whole steps, so the trajectories should each compute that count, not
+    average near it (at 20 steps a 3x target is 7 computes; aiming at 6.67 had a third of the rows
+    compute 6 and lost 1.5 dB to a search at 20 steps, whose rows all computed 7). The count reached
+    is the achievable one nearest it (computing more on a tie). (The target, where known, is what a search at that step
     count would aim for: a 3x target is 9 computes of 28 but 7 of 20, where holding 9/28 gives 6.)
     A count is reached by a range of thresholds; the middle of the range is returned, the farthest
     from both neighbouring counts, since the modelled trajectories are not the real ones: the
@@ -92,7 +96,7 @@ def retarget_threshold(
     if len(grid) == len(calibration_grid) and np.allclose(grid, calibration_grid, rtol=1e-4, atol=1e-6):
         return threshold
     ratio = compute_ratio if compute_ratio is not None else count(threshold, calibration_grid) / len(calibration_grid)
-    low, high = bounds(grid, len(grid) * ratio)
+    low, high = bounds(grid, math.floor(len(grid) * ratio + 0.5))
     return (low + high) / 2
 
 
