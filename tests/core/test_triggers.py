@@ -285,18 +285,21 @@ def test_a_teacache_step_over_several_calibration_steps_reads_each_at_its_record
     assert metrics[1:] == pytest.approx([0.1 ** 2 * k for k in range(1, 5)], rel=1e-6)
 
 
-def test_two_step_changes_shrink_the_modelled_change_of_a_long_step():
-    # 0.1 per calibration step, 0.16 over two (s = 0.16 / 0.2 = 0.8). A step of 1.5 calibration steps
-    # changes 0.15 * (1 - 0.5 * (1 - 0.8)) = 0.135; one of 2.5, held at two: 0.25 * 0.8 = 0.2
+def test_two_step_changes_model_how_a_steps_change_grows_with_its_length():
+    # 0.1 per calibration step, 0.16 over two (s = 0.16 / 0.2 = 0.8): a floor b = 0.04 every step pays
+    # and a = 0.06 per calibration step. A step of 1.5 calibration steps changes b + 1.5 a = 0.13
+    # (k = 1 + 2 * 0.2 * (1 / 1.5 - 1) = 0.8667 of the linear 0.15); one of 0.5 changes 0.07 (k = 1.4);
+    # one of 2.5 is held at two steps' k = s = 0.8: 0.25 * 0.8 = 0.2
     cal = tuple(np.linspace(1.0, 0.0, 11))
     kwargs = dict(time_grid=cal, input_changes=[0.0] + [0.1] * 10, two_step_changes=[0.0, 0.0] + [0.16] * 9)
     trigger = RelativeL1(10.0, **kwargs)
     trigger.validate()
-    assert trigger.signal_changes((1.0, 0.85, 0.7)) == [pytest.approx([0.0, 0.135, 0.135])]
+    assert trigger.signal_changes((1.0, 0.85, 0.7)) == [pytest.approx([0.0, 0.13, 0.13])]
+    assert trigger.signal_changes((1.0, 0.95)) == [pytest.approx([0.0, 0.07])]
     assert trigger.signal_changes((1.0, 0.75)) == [pytest.approx([0.0, 0.2])]
-    assert trigger.signal_changes((1.0, 0.95)) == [pytest.approx([0.0, 0.05])]  # a short step: as spread
+    assert trigger.signal_changes(cal[:3]) == [pytest.approx([0.0, 0.1, 0.1])]  # the calibration grid
     # a live change equal to the modelled one reads as the calibration step's own change, 0.1
-    inputs = [torch.full((1, 2), 1.135 ** i, dtype=torch.float64) for i in range(3)]
+    inputs = [torch.full((1, 2), 1.13 ** i, dtype=torch.float64) for i in range(3)]
     assert drive(trigger, inputs=inputs, schedule=(1.0, 0.85, 0.7))[1][1:] == pytest.approx([0.1, 0.2], rel=1e-6)
     with pytest.raises(ValueError, match="two_step_changes"):
         RelativeL1(0.2, time_grid=cal, two_step_changes=[0.0] * 11).validate()
