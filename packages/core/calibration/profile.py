@@ -29,9 +29,9 @@ step by step, so the same threshold would skip more steps at 50 steps than at 28
 polynomial would be read outside the range it was fitted on). A profile therefore passes its
 ``time_grid`` to the trigger, which reads every step in units of the calibration grid's local step
 (:class:`~forecache.core.triggers.step_scale.StepScale`), keeping the threshold's cadence; and,
-where the run's schedule is known, the threshold is re-targeted to the compute ratio the search
-aimed for (``search.target.compute_ratio``) by running the trigger's rule ahead on the schedule with
-the recorded dynamics (MagCache's ratios; TeaCache's ``input_changes``, each recorded trajectory's
+where the run's schedule is known, the threshold is re-targeted to the whole number of computes
+nearest the compute ratio the search aimed for (``search.target.compute_ratio``) by running the
+trigger's rule ahead on the schedule with the recorded dynamics (MagCache's ratios; TeaCache's ``input_changes``, each recorded trajectory's
 signal change per calibration step, and over two steps, which tells how the change grows with the
 step size): :mod:`forecache.core.triggers.retarget`. On the calibration grid both are exactly
 the papers' rules. A profile searched for a fidelity target keeps the calibration grid's compute
