@@ -31,9 +31,10 @@ polynomial would be read outside the range it was fitted on). A profile therefor
 (:class:`~forecache.core.triggers.step_scale.StepScale`), keeping the threshold's cadence; and,
 where the run's schedule is known, the threshold is re-targeted to the whole number of computes
 nearest the compute ratio the search aimed for (``search.target.compute_ratio``) by running the
-trigger's rule ahead on the schedule with the recorded dynamics (MagCache's ratios; TeaCache's ``input_changes``, each recorded trajectory's
-signal change per calibration step, and over two steps, which tells how the change grows with the
-step size): :mod:`forecache.core.triggers.retarget`. On the calibration grid both are exactly
+trigger's rule ahead on the schedule with the recorded dynamics (MagCache's ratios; TeaCache's
+``input_changes``, each recorded trajectory's signal change per calibration step, and
+``two_step_changes``, over two steps, which tell how the change grows with the step size):
+:mod:`forecache.core.triggers.retarget`. On the calibration grid both are exactly
 the papers' rules. A profile searched for a fidelity target keeps the calibration grid's compute
 ratio. To re-run the search itself at another step count: ``calibrate(..., profile=p)`` (CLI
 ``--profile p.json --steps 50``) reuses the fit and costs a few generations. The other presets'

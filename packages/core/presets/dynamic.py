@@ -40,9 +40,9 @@ def teacache(
     the identity. ``threshold=0`` never skips. ``profile=`` (a calibration profile or its path,
     ``forecache calibrate --method teacache``) gives fitted ``coefficients``, their ``time_grid``,
     the ``input_range`` they were fitted on (the polynomial is not read outside it), the recorded
-    ``input_changes`` (and ``two_step_changes``) and a searched ``threshold`` with its target ``compute_ratio``: at another
-    step count the threshold is re-targeted to that ratio (``retarget=False``: keep it as searched;
-    see ``RelativeL1``).
+    ``input_changes`` and ``two_step_changes``, and a searched ``threshold`` with its target
+    ``compute_ratio``: at another step count the threshold is re-targeted to that ratio
+    (``retarget=False``: keep it as searched; see ``RelativeL1``).
     """
     return Policy(
         where=Blocks(), when=RelativeL1(threshold, coefficients, time_grid, input_range, input_changes,

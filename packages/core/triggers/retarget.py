@@ -58,8 +58,9 @@ def retarget_threshold(
     grid: a row computes whole steps, so the trajectories should each compute that count, not
     average near it (at 20 steps a 3x target is 7 computes; aiming at 6.67 had a third of the rows
     compute 6 and lost 1.5 dB to a search at 20 steps, whose rows all computed 7). The count reached
-    is the achievable one nearest it (computing more on a tie). (The target, where known, is what a search at that step
-    count would aim for: a 3x target is 9 computes of 28 but 7 of 20, where holding 9/28 gives 6.)
+    is the achievable one nearest it (computing more on a tie). (The target, where known, is what a
+    search at that step count would aim for: a 3x target is 9 computes of 28 but 7 of 20, where
+    holding 9/28 gives 6.)
     A count is reached by a range of thresholds; the middle of the range is returned, the farthest
     from both neighbouring counts, since the modelled trajectories are not the real ones: the
     recorded runs are uncached, and on the reference image model a threshold at the edge of its
