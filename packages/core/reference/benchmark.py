@@ -21,26 +21,27 @@ from .detector import conditioning_accuracy
 from .model import DEFAULT_PATH
 from .shapes import ALL_CONDITIONS
 
-#: preset -> the strength-knob settings swept (quick, full); other knobs at the paper defaults
+#: preset -> the strength-knob settings (quick: one, so `make demo` stays well inside 15 minutes on
+#: 2 cores; full: the sweep); other knobs at the paper defaults
 SWEEPS: dict[str, tuple[list[dict], list[dict]]] = {
-    "fora": ([{"interval": i} for i in (2, 3)], [{"interval": i} for i in (2, 3, 4, 5)]),
-    "delta_dit": ([{"interval": i} for i in (2, 3)], [{"interval": i} for i in (2, 3, 4)]),
-    "pab": ([{"spatial": i} for i in (2, 3)], [{"spatial": i} for i in (2, 3, 4)]),
-    "toca": ([{"interval": i} for i in (3, 4)], [{"interval": i} for i in (3, 4, 5)]),
-    "fastercache": ([{"attention_interval": i} for i in (2, 3)], [{"attention_interval": i} for i in (2, 3, 4)]),
-    "teacache": ([{"threshold": x} for x in (0.1, 0.3)], [{"threshold": x} for x in (0.05, 0.1, 0.2, 0.4, 0.8)]),
-    "magcache": ([{"threshold": x} for x in (0.06, 0.24)], [{"threshold": x} for x in (0.03, 0.06, 0.12, 0.24, 0.5)]),
-    "easycache": ([{"threshold": x} for x in (0.05, 0.2)], [{"threshold": x} for x in (0.02, 0.05, 0.1, 0.2, 0.4)]),
-    "fbcache": ([{"threshold": x} for x in (0.1, 0.3)], [{"threshold": x} for x in (0.05, 0.1, 0.2, 0.3, 0.5)]),
-    "dbcache": ([{"threshold": x, "fn": 1, "bn": 1, "warmup": 3} for x in (0.1, 0.3)],
+    "fora": ([{"interval": i} for i in (3,)], [{"interval": i} for i in (2, 3, 4, 5)]),
+    "delta_dit": ([{"interval": i} for i in (3,)], [{"interval": i} for i in (2, 3, 4)]),
+    "pab": ([{"spatial": i} for i in (3,)], [{"spatial": i} for i in (2, 3, 4)]),
+    "toca": ([{"interval": i} for i in (4,)], [{"interval": i} for i in (3, 4, 5)]),
+    "fastercache": ([{"attention_interval": i} for i in (3,)], [{"attention_interval": i} for i in (2, 3, 4)]),
+    "teacache": ([{"threshold": x} for x in (0.3,)], [{"threshold": x} for x in (0.05, 0.1, 0.2, 0.4, 0.8)]),
+    "magcache": ([{"threshold": x} for x in (0.24,)], [{"threshold": x} for x in (0.03, 0.06, 0.12, 0.24, 0.5)]),
+    "easycache": ([{"threshold": x} for x in (0.2,)], [{"threshold": x} for x in (0.02, 0.05, 0.1, 0.2, 0.4)]),
+    "fbcache": ([{"threshold": x} for x in (0.3,)], [{"threshold": x} for x in (0.05, 0.1, 0.2, 0.3, 0.5)]),
+    "dbcache": ([{"threshold": x, "fn": 1, "bn": 1, "warmup": 3} for x in (0.3,)],
                 [{"threshold": x, "fn": 1, "bn": 1, "warmup": 3} for x in (0.05, 0.1, 0.2, 0.3, 0.5)]),
-    "foresight": ([{"gamma": g} for g in (1.0, 4.0)], [{"gamma": g} for g in (0.5, 1.0, 2.0, 4.0)]),
-    "taylorseer": ([{"interval": i} for i in (3, 5)], [{"interval": i} for i in (3, 4, 5, 6)]),
-    "hicache": ([{"interval": i} for i in (3, 5)], [{"interval": i} for i in (3, 4, 5, 6)]),
-    "abcache": ([{"interval": i} for i in (2, 3)], [{"interval": i} for i in (2, 3, 4, 5)]),
-    "foca": ([{"interval": i} for i in (3, 5)], [{"interval": i} for i in (3, 4, 5, 6)]),
-    "freqca": ([{"interval": i} for i in (3, 5)], [{"interval": i} for i in (3, 4, 5, 6)]),
-    "speca": ([{"threshold": x} for x in (0.1, 0.5)], [{"threshold": x} for x in (0.05, 0.1, 0.3, 0.5, 1.0)]),
+    "foresight": ([{"gamma": g} for g in (4.0,)], [{"gamma": g} for g in (0.5, 1.0, 2.0, 4.0)]),
+    "taylorseer": ([{"interval": i} for i in (5,)], [{"interval": i} for i in (3, 4, 5, 6)]),
+    "hicache": ([{"interval": i} for i in (5,)], [{"interval": i} for i in (3, 4, 5, 6)]),
+    "abcache": ([{"interval": i} for i in (3,)], [{"interval": i} for i in (2, 3, 4, 5)]),
+    "foca": ([{"interval": i} for i in (5,)], [{"interval": i} for i in (3, 4, 5, 6)]),
+    "freqca": ([{"interval": i} for i in (5,)], [{"interval": i} for i in (3, 4, 5, 6)]),
+    "speca": ([{"threshold": x} for x in (0.5,)], [{"threshold": x} for x in (0.05, 0.1, 0.3, 0.5, 1.0)]),
 }
 
 #: presets calibrated to target compute ratios (2x, 3x, 4x FLOPs) from the target alone
