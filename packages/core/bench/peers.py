@@ -466,16 +466,16 @@ def cache_dit_dbcache(threshold: float = 0.08, Fn: int = 8, Bn: int = 0, **knobs
 
 _SWEEPS: dict[str, tuple[Callable[..., Method], str, tuple, tuple]] = {
     # name: (factory, strength knob, quick points, full points)
-    "diffusers_fbcache": (diffusers_fbcache, "threshold", (0.05, 0.12), (0.03, 0.05, 0.08, 0.12, 0.2)),
-    "diffusers_magcache": (diffusers_magcache, "threshold", (0.06, 0.24), (0.03, 0.06, 0.12, 0.24)),
-    "diffusers_taylorseer": (diffusers_taylorseer, "cache_interval", (3, 5), (2, 3, 4, 5, 7)),
-    "diffusers_pab": (diffusers_pab, "spatial_skip", (2, 4), (2, 3, 4, 6)),
-    "diffusers_fastercache": (diffusers_fastercache, "spatial_skip", (2, 4), (2, 3, 4)),
+    "diffusers_fbcache": (diffusers_fbcache, "threshold", (0.12,), (0.03, 0.05, 0.08, 0.12, 0.2)),
+    "diffusers_magcache": (diffusers_magcache, "threshold", (0.06,), (0.03, 0.06, 0.12, 0.24)),
+    "diffusers_taylorseer": (diffusers_taylorseer, "cache_interval", (3,), (2, 3, 4, 5, 7)),
+    "diffusers_pab": (diffusers_pab, "spatial_skip", (4,), (2, 3, 4, 6)),
+    "diffusers_fastercache": (diffusers_fastercache, "spatial_skip", (4,), (2, 3, 4)),
 }
 
 
 def available_peers(quick: bool = False, *, num_inference_steps: int | None = None) -> list[Method]:
-    """Every peer that can be imported here, each at a few strengths of its main knob (``quick``: two).
+    """Every peer that can be imported here, each at a few strengths of its main knob (``quick``: one).
 
     ``num_inference_steps`` is passed to the peers that must know the step count up front on a bare
     transformer (diffusers MagCache); pipelines report it themselves."""

@@ -172,8 +172,7 @@ def cache_dit_methods(quick: bool) -> list[Method]:
     if unavailable_reason():
         return []
     if quick:
-        return [*(cache_dit_dbcache(t, Fn=1, Bn=0) for t in (0.08, 0.16)),
-                cache_dit_dbcache(0.16, Fn=1, Bn=0, taylorseer=True)]
+        return [cache_dit_dbcache(0.16, Fn=1, Bn=0), cache_dit_dbcache(0.16, Fn=1, Bn=0, taylorseer=True)]
     return [*(cache_dit_dbcache(t, Fn=1, Bn=0) for t in (0.04, 0.08, 0.12, 0.16, 0.24)),
             *(cache_dit_dbcache(t, Fn=8, Bn=0) for t in (0.08, 0.16)),
             *(cache_dit_dbcache(t, Fn=1, Bn=0, taylorseer=True) for t in (0.08, 0.16, 0.24))]

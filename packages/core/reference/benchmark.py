@@ -59,7 +59,7 @@ _PROFILES: dict[tuple, Any] = {}
 
 
 class ShapesBenchmark:
-    """Reference image model, no guidance: 24 distinct prompts (8 quick), seed 0, at ``steps`` steps.
+    """Reference image model, no guidance: 24 distinct prompts (4 quick), seed 0, at ``steps`` steps.
 
     At ``steps`` = 28 (``FIT_STEPS``) it is the main benchmark; at other step counts it compares
     profiles fitted at 28 steps with profiles fitted at ``steps`` (a full run only: quick runs have no
@@ -80,7 +80,7 @@ class ShapesBenchmark:
         if self.pipe is None:
             self.pipe = load_pipeline(self.path)
         # 13 is coprime with the 60 conditions: shapes, colours and positions all vary
-        picks = [(k * 13) % len(ALL_CONDITIONS) for k in range(8 if quick else 24)]
+        picks = [(k * 13) % len(ALL_CONDITIONS) for k in range(4 if quick else 24)]
         self.conditions = [ALL_CONDITIONS[i] for i in picks]
         self.prompts = [c.description for c in self.conditions]
         # calibration sees other prompts and another seed than the evaluation it is judged on
