@@ -10,7 +10,7 @@ of sampling.
 
 from __future__ import annotations
 
-from forecache.core import Adapter, CacheHandle, Policy, apply
+from forecache.core import Adapter, BlockIO, CacheHandle, Policy, apply
 from torch import nn
 
 
@@ -18,6 +18,8 @@ class MoleculeAdapter(Adapter):
     """Adapter for velocity models called as ``model(coords=..., atoms=..., mask=..., t=..., ...)``."""
 
     block_attrs = ("layers",)
+    #: an EGNN layer maps (node features, coordinates, edge features) to their updates
+    io = BlockIO(state=("h", "x", "e"), returns=("h", "x", "e"))
     timestep_args = ("t",)
     hidden_arg = "coords"
     time_unit = 1.0

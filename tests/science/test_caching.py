@@ -225,3 +225,16 @@ def test_policy_describes_its_guard_and_validates():
         ab_forecast(interval=0)
     with pytest.raises(ValueError, match="ModelOutput.guard"):
         fc.Policy(where=fc.ModelOutput(guard=3), when=ab_forecast().when)
+
+
+def test_block_level_policy_forecasts_the_layer_stack():
+    # the EGNN layers take and return (h, x, e): the adapter's BlockIO names them, so a Blocks() span runs
+    model, m = egnn(), mask()
+    with torch.no_grad():
+        ref = sample(model, m, steps=8, noise=egnn_noise(m))
+        handle = cache_model(model, ab_forecast(interval=2).replace(where=fc.Blocks()))
+        out = sample(model, m, steps=8, noise=egnn_noise(m), handle=handle)
+    handle.remove()
+    assert handle.stats().hit_rate > 0
+    assert all(torch.isfinite(v).all() for v in out.state.values())
+    assert not torch.equal(ref.state["coords"], out.state["coords"])

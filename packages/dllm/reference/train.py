@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="adaptive curriculum instead of --kv-ramp: the largest context starts at MIN pairs and "
                         "grows by a quarter each time the mean drill loss at that size falls below LOSS")
     p.add_argument("--drill", type=float, default=0.6, help="share of retrieval batches that are drills")
+    p.add_argument("--drill-mask", choices=("random", "all"), default="random",
+                   help="drills mask their values at the row's ratio t (random, the SFT rule) or all of them; "
+                        "'all' leaves no value visible to answer another by elimination")
     p.add_argument("--save-minutes", type=float, default=10.0, help="save a checkpoint to --out this often")
     p.add_argument("--init", default=None, metavar="FOLDER",
                    help="continue from a checkpoint this script saved (its weights and its log); "
@@ -108,14 +111,17 @@ def encode(examples: list[Example], gen_length: int | None) -> tuple[torch.Tenso
 
 
 def sft_loss(model: LLaDAModel, ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
-             generator: torch.Generator, maskable: torch.Tensor | None = None) -> torch.Tensor:
+             generator: torch.Generator, maskable: torch.Tensor | None = None, mask_all: bool = False) -> torch.Tensor:
     """LLaDA's SFT loss on the response positions (everything after ``prompt_length``).
 
     ``maskable`` (bool, the response's shape): only these response tokens may be masked and scored, the
-    rest stay visible (drills); the loss is divided by their count, the response length by default."""
+    rest stay visible (drills); the loss is divided by their count, the response length by default.
+    ``mask_all``: t = 1 for every row (every maskable token masked), the mean cross-entropy over them."""
     response = ids[:, prompt_length:]
     eligible = torch.ones_like(response, dtype=torch.bool) if maskable is None else maskable
     t = torch.rand(ids.shape[0], 1, generator=generator) * (1 - EPS) + EPS
+    if mask_all:
+        t = torch.ones_like(t)
     masked = (torch.rand(response.shape, generator=generator) < t) & eligible
     noisy = ids.clone()
     noisy[:, prompt_length:] = torch.where(masked, torch.full_like(response, MASK_ID), response)
@@ -201,7 +207,7 @@ def train(args: argparse.Namespace) -> dict:
             total = min(args.steps, int(20 * 60 * args.minutes / (time.time() - start)))
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, total, args.lr, args.warmup)
-        loss = sft_loss(model, ids, mask, width, gen, maskable)
+        loss = sft_loss(model, ids, mask, width, gen, maskable, mask_all=task == "kv-drill" and args.drill_mask == "all")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
