@@ -144,3 +144,20 @@ def test_the_adaptive_curriculum_grows_the_context_only_once_the_drills_at_its_t
     for _ in range(3):
         curriculum.update(0.0, "kv-drill", 50, 0.1)
     assert curriculum.high == 64  # by a quarter, capped at MAX
+
+
+def test_drill_mask_all_masks_every_value_and_averages_their_cross_entropy():
+    args = parse_args(["--drill", "1", "--kv-pairs", "3", "3", "--batch-tokens", "120", "--drill-mask", "all"])
+    assert args.drill_mask == "all"
+    ids, mask, width, maskable, _, _ = batch("kv", random.Random(2), args, 3)
+    config = LLaDAConfig.from_dict({**REFERENCE_CONFIG, "n_layers": 1, "d_model": 32, "n_heads": 2,
+                                    "n_kv_heads": 2, "mlp_hidden_size": 64})
+    torch.manual_seed(0)
+    model = LLaDAModel(config)
+    losses = [sft_loss(model, ids, mask, width, torch.Generator().manual_seed(s), maskable, mask_all=True)
+              for s in range(3)]
+    noisy = ids.clone()
+    noisy[:, width:][maskable] = MASK_ID
+    logits = model(noisy, mask)[:, width:]
+    expected = torch.nn.functional.cross_entropy(logits[maskable], ids[:, width:][maskable])
+    assert all(torch.allclose(loss, expected, atol=1e-5) for loss in losses)  # no draw: t = 1 for every row
