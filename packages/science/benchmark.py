@@ -10,8 +10,9 @@ every row starts from exactly the same noise.
 
 Rows (``methods``):
 
-- ``ab_forecast`` (AB-Cache, arXiv 2504.10540, on the output as Sommer et al., arXiv 2510.04646, do; weights
-  on the step index, the paper's): intervals 2-5 x orders 1-4 (quick: interval 3, order 2);
+- ``ab_forecast`` (AB-Cache, arXiv 2504.10540, as Sommer et al., arXiv 2510.04646, apply it, but on the
+  network's output dict where they forecast the last block's hidden state (see ``presets``); weights on the
+  step index, the paper's): intervals 2-5 x orders 1-4 (quick: interval 3, order 2);
 - ``ab_forecast_timed`` (weights from the real times): on this linear grid it equals ``ab_forecast``, so only
   interval 3, orders 2 and 3, as a check (a full run only);
 - ``taylor_forecast`` (TaylorSeer, arXiv 2503.06923): interval 3, orders 1 and 2 (a full run only: ``Taylor(1)`` is
