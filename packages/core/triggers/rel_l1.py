@@ -218,7 +218,7 @@ class RelativeL1(RetargetsThreshold, Accumulating):
         behind its model at 20 steps (half a compute per row fewer) and ahead at 50 (4-11% more computes
         than its target)."""
         key = (float(t_prev), float(t))
-        memo = self.__dict__.setdefault("_factor_memo", {})
+        memo = self._factor_memo
         if key not in memo:
             h = float(self._spans(t_prev, t).sum())
             if self.two_step_changes is None or h == 1.0 or h <= 0.0:
@@ -228,6 +228,11 @@ class RelativeL1(RetargetsThreshold, Accumulating):
                 share = float(np.interp(sum(key) / 2.0, centres, shares))
                 memo[key] = 1.0 + 2.0 * (1.0 - share) * (1.0 / min(h, 2.0) - 1.0)
         return memo[key]
+
+    @functools.cached_property
+    def _factor_memo(self) -> dict[tuple[float, float], float]:
+        """Step factors by ``(t_prev, t)``: a schedule repeats its steps for every row and generation."""
+        return {}
 
     @functools.cached_property
     def _two_step_share(self) -> tuple[np.ndarray, np.ndarray]:

@@ -119,9 +119,8 @@ def sft_loss(model: LLaDAModel, ids: torch.Tensor, attention_mask: torch.Tensor,
     ``mask_all``: t = 1 for every row (every maskable token masked), the mean cross-entropy over them."""
     response = ids[:, prompt_length:]
     eligible = torch.ones_like(response, dtype=torch.bool) if maskable is None else maskable
-    t = torch.rand(ids.shape[0], 1, generator=generator) * (1 - EPS) + EPS
-    if mask_all:
-        t = torch.ones_like(t)
+    t = (torch.ones(ids.shape[0], 1) if mask_all
+         else torch.rand(ids.shape[0], 1, generator=generator) * (1 - EPS) + EPS)
     masked = (torch.rand(response.shape, generator=generator) < t) & eligible
     noisy = ids.clone()
     noisy[:, prompt_length:] = torch.where(masked, torch.full_like(response, MASK_ID), response)
