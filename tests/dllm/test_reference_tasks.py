@@ -146,6 +146,31 @@ def test_the_adaptive_curriculum_grows_the_context_only_once_the_drills_at_its_t
     assert curriculum.high == 64  # by a quarter, capped at MAX
 
 
+def test_the_key_pool_grows_before_the_contexts_do():
+    args = parse_args(["--drill", "1", "--kv-pairs", "2", "64", "--kv-advance", "0.5", "--kv-keys", "10"])
+    curriculum = Curriculum(args, window=2)
+    assert (curriculum.keys, curriculum.high) == (10, 2)
+    grown = []
+    for _ in range(6):
+        for _ in range(2):
+            curriculum.update(0.0, "kv-drill", curriculum.high, 0.1)
+        grown.append((curriculum.keys, curriculum.high))
+    assert grown == [(15, 2), (22, 2), (33, 2), (49, 2), (73, 2), (100, 2)]
+    for _ in range(2):
+        curriculum.update(0.0, "kv-drill", 2, 0.1)
+    assert (curriculum.keys, curriculum.high) == (100, 3)
+    curriculum.keys = 10
+    ids, _, width, _, _, _ = batch("kv", random.Random(0), args, 2, curriculum.keys)
+    drawn = {int(t) for t in ids[:, :width].flatten()} & {IDS[f"k{i:02d}"] for i in range(100)}
+    assert drawn and drawn <= {IDS[f"k{i:02d}"] for i in range(10)}  # only the pool's keys
+    with pytest.raises(ValueError, match="--kv-advance"):
+        Curriculum(parse_args(["--kv-keys", "10"]))
+    with pytest.raises(ValueError, match="--kv-keys 1"):
+        Curriculum(parse_args(["--kv-pairs", "2", "64", "--kv-advance", "0.5", "--kv-keys", "1"]))
+    with pytest.raises(ValueError, match="pairs=12, keys=10"):
+        kv_drill(random.Random(0), pairs=12, keys=10)
+
+
 def test_drill_mask_all_masks_every_value_and_averages_their_cross_entropy():
     args = parse_args(["--drill", "1", "--kv-pairs", "3", "3", "--batch-tokens", "120", "--drill-mask", "all"])
     assert args.drill_mask == "all"

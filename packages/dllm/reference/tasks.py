@@ -34,26 +34,33 @@ class Example:
     answer: str
 
 
-def kv_example(rng: random.Random, pairs: int = 64) -> Example:
-    keys, values, context = _kv_context(rng, pairs)
+def kv_example(rng: random.Random, pairs: int = 64, keys: int = len(KEYS)) -> Example:
+    keys, values, context = _kv_context(rng, pairs, keys)
     i = rng.randrange(pairs)
     return Example("kv", f"{context} find {keys[i]} ->", values[i])
 
 
-def _kv_context(rng: random.Random, pairs: int) -> tuple[list[str], list[str], str]:
-    """``pairs`` distinct keys, their two-digit values, and the context ``k17 = 4 2 ; ...`` listing them."""
-    if not 1 <= pairs <= len(KEYS):
-        raise ValueError(f"kv_example(pairs={pairs}): use 1 to {len(KEYS)} pairs (one per key token)")
-    keys = rng.sample(KEYS, pairs)
+def _kv_context(rng: random.Random, pairs: int, pool: int) -> tuple[list[str], list[str], str]:
+    """``pairs`` distinct keys drawn from the first ``pool`` key tokens, their two-digit values, and the
+    context ``k17 = 4 2 ; ...`` listing them."""
+    if not 1 <= pool <= len(KEYS):
+        raise ValueError(f"kv_example(keys={pool}): draw from 1 to {len(KEYS)} key tokens")
+    if not 1 <= pairs <= pool:
+        raise ValueError(f"kv_example(pairs={pairs}, keys={pool}): use 1 to {pool} pairs (one per key token)")
+    keys = rng.sample(KEYS[:pool], pairs)
     values = [f"{rng.randrange(10)} {rng.randrange(10)}" for _ in keys]
     return keys, values, " ".join(f"{k} = {v} ;" for k, v in zip(keys, values))
 
 
-def kv_drill(rng: random.Random, pairs: int = 64, queries: int = 12) -> Example:
+def kv_drill(rng: random.Random, pairs: int = 64, queries: int = 12, keys: int = len(KEYS)) -> Example:
     """A training-only retrieval drill: a context as in :func:`kv_example`, and as the answer ``queries``
     look-ups of distinct keys written out, ``find k17 -> 4 2 ; find k03 -> 9 0 ; ...``. Training masks only
-    the value tokens (:func:`drill_values`), so one context teaches ``queries`` look-ups instead of one."""
-    keys, values, context = _kv_context(rng, pairs)
+    the value tokens (:func:`drill_values`), so one context teaches ``queries`` look-ups instead of one.
+
+    ``keys`` (both here and in :func:`kv_example`): draw the keys from the first ``keys`` key tokens only.
+    A training curriculum starts small: over all 100 keys a fresh model stays on the plateau of copying
+    some context value, over 10 it learns to match keys, and the matching then carries to all 100."""
+    keys, values, context = _kv_context(rng, pairs, keys)
     asked = rng.sample(range(pairs), min(queries, pairs))
     return Example("kv-drill", context, " ".join(f"find {keys[i]} -> {values[i]} ;" for i in asked))
 

@@ -41,7 +41,7 @@ from ..config import LLaDAConfig
 from ..model import LLaDAModel
 from .evaluate import GEN_LENGTH, evaluate
 from .tasks import TASKS, Example, drill_values, example, kv_drill
-from .vocab import EOS_ID, IDS, MASK_ID, PAD_ID, TOKENS, save_tokenizer
+from .vocab import EOS_ID, IDS, KEYS, MASK_ID, PAD_ID, TOKENS, save_tokenizer
 
 EPS = 1e-3
 
@@ -69,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-advance", type=float, default=None, metavar="LOSS",
                    help="adaptive curriculum instead of --kv-ramp: the largest context starts at MIN pairs and "
                         "grows by a quarter each time the mean drill loss at that size falls below LOSS")
+    p.add_argument("--kv-keys", type=int, default=len(KEYS), metavar="N",
+                   help="with --kv-advance: the contexts draw their keys from the first N key tokens at first, and "
+                        "the pool grows by half (up to all of them) each time the drills are learnt, before the "
+                        "contexts grow; a small pool is what lets a fresh model find the key match (CARD.md)")
     p.add_argument("--drill", type=float, default=0.6, help="share of retrieval batches that are drills")
     p.add_argument("--drill-mask", choices=("random", "all"), default="random",
                    help="drills mask their values at the row's ratio t (random, the SFT rule) or all of them; "
@@ -130,13 +134,14 @@ def sft_loss(model: LLaDAModel, ids: torch.Tensor, attention_mask: torch.Tensor,
     return ((ce * masked / t).sum(1) / eligible.sum(1)).mean()
 
 
-def batch(task: str, rng: random.Random, args: argparse.Namespace, high: int):
+def batch(task: str, rng: random.Random, args: argparse.Namespace, high: int, keys: int = len(KEYS)):
     """One training batch of ``task``: ``(ids, attention_mask, prompt_length, maskable or None, name, pairs)``.
 
-    ``high``: the largest retrieval context now (the curriculum's; see :class:`Curriculum`)."""
+    ``high``, ``keys``: the largest retrieval context now and the key tokens it draws from (the
+    curriculum's; see :class:`Curriculum`)."""
     drill = task == "kv" and rng.random() < args.drill
-    pairs = rng.randint(args.kv_pairs[0], high) if task == "kv" else None
-    kwargs = {"pairs": pairs} if task == "kv" else {}
+    pairs = min(rng.randint(args.kv_pairs[0], high), keys) if task == "kv" else None
+    kwargs = {"pairs": pairs, "keys": keys} if task == "kv" else {}
     make = (lambda: kv_drill(rng, **kwargs)) if drill else (lambda: example(task, rng, **kwargs))
     probe = make()
     length = len(probe.prompt.split()) + (len(probe.answer.split()) if drill else args.gen_length)
@@ -147,17 +152,23 @@ def batch(task: str, rng: random.Random, args: argparse.Namespace, high: int):
 
 
 class Curriculum:
-    """The largest retrieval context (pairs) of each batch.
+    """The largest retrieval context (pairs) of each batch, and how many key tokens it draws from.
 
-    ``--kv-ramp`` grows it linearly with the share of the run done. ``--kv-advance LOSS`` grows it only
-    when the model has learnt the current size: by a quarter (at least one pair) each time the mean
-    loss of the last ``window`` drills drawn near the top (within a quarter of it) falls below LOSS.
+    ``--kv-ramp`` grows the context linearly with the share of the run done. ``--kv-advance LOSS`` grows
+    it only when the model has learnt the current stage, judged by the mean loss of the last ``window``
+    drills drawn near the top (within a quarter of it) falling below LOSS: first the key pool, by half
+    each time, from ``--kv-keys`` up to every key; then the context, by a quarter (at least one pair).
     Retrieval over many pairs is out of reach until it works over few; a fixed ramp outran it (CARD.md)."""
 
     def __init__(self, args: argparse.Namespace, window: int = 40) -> None:
         self.low, self.top = args.kv_pairs
         self.ramp, self.advance, self.window = args.kv_ramp, args.kv_advance, window
         self.high = self.low if (self.ramp > 0 or self.advance) else self.top
+        if args.kv_keys != len(KEYS) and not self.advance:
+            raise ValueError(f"--kv-keys {args.kv_keys} grows only with the adaptive curriculum; add --kv-advance LOSS")
+        self.keys = args.kv_keys
+        if not self.low <= self.keys <= len(KEYS):
+            raise ValueError(f"--kv-keys {args.kv_keys}: use {self.low} (the smallest context) to {len(KEYS)} keys")
         self.recent: list[float] = []
 
     def update(self, progress: float, task: str, pairs: int | None, loss: float) -> None:
@@ -168,9 +179,13 @@ class Curriculum:
         if task != "kv-drill" or pairs is None or pairs < self.high - self.high // 4:
             return
         self.recent = [*self.recent, loss][-self.window:]
-        if len(self.recent) == self.window and sum(self.recent) / self.window < self.advance and self.high < self.top:
+        if len(self.recent) < self.window or sum(self.recent) / self.window >= self.advance:
+            return
+        if self.keys < len(KEYS):
+            self.keys = min(len(KEYS), self.keys + max(1, self.keys // 2))
+        elif self.high < self.top:
             self.high = min(self.top, max(self.high + 1, round(self.high * 1.25)))
-            self.recent = []
+        self.recent = []
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -201,7 +216,7 @@ def train(args: argparse.Namespace) -> dict:
             break
         progress = max(step / max(1, total), (time.time() - start) / (deadline - start))
         task = rng.choices(TASKS, weights=args.mix)[0]
-        ids, mask, width, maskable, task, pairs = batch(task, rng, args, curriculum.high)
+        ids, mask, width, maskable, task, pairs = batch(task, rng, args, curriculum.high, curriculum.keys)
         if args.minutes and step == 20:
             total = min(args.steps, int(20 * 60 * args.minutes / (time.time() - start)))
         for group in opt.param_groups:
@@ -212,10 +227,10 @@ def train(args: argparse.Namespace) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         entry = {"step": first + step, "task": task, "loss": float(loss), "seconds": offset + time.time() - start}
-        log.append(entry if pairs is None else {**entry, "pairs": pairs})
+        log.append(entry if pairs is None else {**entry, "pairs": pairs, "keys": curriculum.keys})
         curriculum.update(progress, task, pairs, float(loss))
         if step % args.log_every == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}", task=task, pairs=curriculum.high)
+            bar.set_postfix(loss=f"{float(loss):.3f}", task=task, pairs=curriculum.high, keys=curriculum.keys)
         if time.time() > saved + 60 * args.save_minutes:
             _save(model, out, {"stages": stages, "log": earlier["log"] + log})
             saved = time.time()
