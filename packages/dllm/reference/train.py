@@ -226,11 +226,12 @@ def train(args: argparse.Namespace) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        entry = {"step": first + step, "task": task, "loss": float(loss), "seconds": offset + time.time() - start}
+        value = loss.item()
+        entry = {"step": first + step, "task": task, "loss": value, "seconds": offset + time.time() - start}
         log.append(entry if pairs is None else {**entry, "pairs": pairs, "keys": curriculum.keys})
-        curriculum.update(progress, task, pairs, float(loss))
+        curriculum.update(progress, task, pairs, value)
         if step % args.log_every == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}", task=task, pairs=curriculum.high, keys=curriculum.keys)
+            bar.set_postfix(loss=f"{value:.3f}", task=task, pairs=curriculum.high, keys=curriculum.keys)
         if time.time() > saved + 60 * args.save_minutes:
             _save(model, out, {"stages": stages, "log": earlier["log"] + log})
             saved = time.time()
