@@ -13,7 +13,9 @@ pack many examples into a batch, which teaches the look-up far sooner than 64-pa
 and the long ones teach it at the length it is evaluated at. A share ``--drill`` of retrieval batches
 are drills (:func:`~.tasks.kv_drill`): the response is a dozen look-ups written out and only their
 values are masked, twelve supervised look-ups per context where an SFT example has one; the rest
-are SFT examples, which teach the answer format (value, then ``<eos>``). AdamW, linear warm-up then
+are SFT examples, which teach the answer format (value, then ``<eos>``). ``--kv-keys`` with ``--kv-advance``
+starts the contexts on a small pool of key tokens, which is what lets a fresh model find the key match
+at all (models/llada-tasks/CARD.md). AdamW, linear warm-up then
 cosine decay to 10%, until ``--steps`` or ``--minutes``; ``--init`` continues from a saved checkpoint.
 
 Writes to ``--out`` the official LLaDA layout (``config.json``, ``model.safetensors``) and
