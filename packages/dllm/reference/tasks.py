@@ -35,9 +35,9 @@ class Example:
 
 
 def kv_example(rng: random.Random, pairs: int = 64, keys: int = len(KEYS)) -> Example:
-    keys, values, context = _kv_context(rng, pairs, keys)
+    names, values, context = _kv_context(rng, pairs, keys)
     i = rng.randrange(pairs)
-    return Example("kv", f"{context} find {keys[i]} ->", values[i])
+    return Example("kv", f"{context} find {names[i]} ->", values[i])
 
 
 def _kv_context(rng: random.Random, pairs: int, pool: int) -> tuple[list[str], list[str], str]:
@@ -60,9 +60,9 @@ def kv_drill(rng: random.Random, pairs: int = 64, queries: int = 12, keys: int =
     ``keys`` (both here and in :func:`kv_example`): draw the keys from the first ``keys`` key tokens only.
     A training curriculum starts small: over all 100 keys a fresh model stays on the plateau of copying
     some context value, over 10 it learns to match keys, and the matching then carries to all 100."""
-    keys, values, context = _kv_context(rng, pairs, keys)
+    names, values, context = _kv_context(rng, pairs, keys)
     asked = rng.sample(range(pairs), min(queries, pairs))
-    return Example("kv-drill", context, " ".join(f"find {keys[i]} -> {values[i]} ;" for i in asked))
+    return Example("kv-drill", context, " ".join(f"find {names[i]} -> {values[i]} ;" for i in asked))
 
 
 def drill_values(answer: str) -> list[bool]:
