@@ -23,7 +23,8 @@ sampler integrates what this trains):
 - Self-conditioning [p = 0.5, per batch]: a no-grad first pass at the same ``x_t`` and ``t``; its prediction,
   turned into the state the sampler feeds back (``sampler._prediction``: coordinates, softmax probabilities,
   masked), is the second pass's ``cond`` (Chen et al., arXiv 2208.04202). Without it ``cond=None``, as the
-  sampler's first step.
+  sampler's first step. ``--cond-passes K --cond-lag L`` [1, 0] make the ``cond`` as the sampler does: from
+  a chain of passes at earlier points of the path (:func:`self_condition`).
 - Loss (the network predicts ``x1``): ``3 * coordinate MSE`` (mean over real atoms and x, y, z, Å²)
   ``+ 0.4 * CE(atom types) + 1 * CE(charges) + 2 * CE(bonds)``: FlowMol's weights for its Gaussian
   categorical flow (Dunn and Koes, arXiv 2404.19739, ``configs/qm9_gaussian.yaml``: x 3, a 0.4, c 1,
@@ -85,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights (0: no EMA)")
     p.add_argument("--time", choices=("beta", "uniform"), default="beta", help="t ~ Beta(2, 1) or U(0, 1)")
     p.add_argument("--self-cond", type=float, default=0.5, help="probability of a self-conditioned step")
+    p.add_argument("--cond-passes", type=int, default=1,
+                   help="self-conditioning input from a chain of up to this many no-grad passes (1: Chen et al.)")
+    p.add_argument("--cond-lag", type=float, default=0.0,
+                   help="the chain's passes at earlier points of the path, up to this time gap apart (0: same t)")
     p.add_argument("--none-weight", type=float, default=0.25, help="weight of a non-bonded pair in the bond CE")
     p.add_argument("--no-align", action="store_true", help="no Kabsch rotation of the data onto the noise")
     p.add_argument("--config", default=None, metavar="JSON", help='EGNNConfig overrides, e.g. \'{"layers": 4}\'')
@@ -140,35 +145,38 @@ def draw_times(n: int, kind: str, generator: torch.Generator) -> torch.Tensor:
 
 
 def interpolate(x1: dict[str, torch.Tensor], mask: torch.Tensor, t: torch.Tensor, config: EGNNConfig,
-                generator: torch.Generator, align: bool = True) -> tuple[dict, dict]:
-    """``(x_t, x1)``: noise drawn as the sampler draws it, the data optionally rotated onto it."""
+                generator: torch.Generator, align: bool = True) -> tuple[dict, dict, dict]:
+    """``(x_t, x1, x0)``: noise ``x0`` drawn as the sampler draws it, the data optionally rotated onto it."""
     x0 = _initial_state(mask, feature_sizes(config), None, generator)
     x1 = dict(x1)
     if align:
         x1["coords"] = kabsch_onto(x1["coords"], x0["coords"], mask)
-    xt = {}
-    for k, target in x1.items():
-        tk = t.view(-1, *([1] * (target.dim() - 1)))
-        xt[k] = (1 - tk) * x0[k] + tk * target
-    return xt, x1
+    return path_point(x0, x1, t), x1, x0
+
+
+def path_point(x0: dict[str, torch.Tensor], x1: dict[str, torch.Tensor], t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``(1 - t) x0 + t x1`` per feature, ``t`` per row."""
+    return {k: (1 - t.view(-1, *([1] * (x0[k].dim() - 1)))) * x0[k] + t.view(-1, *([1] * (x0[k].dim() - 1))) * x1[k]
+            for k in x0}
 
 
 def flow_loss(model: MoleculeEGNN, batch: dict[str, torch.Tensor], generator: torch.Generator, *,
               time_dist: str = "beta", self_cond: float = 0.5, none_weight: float = 0.25, align: bool = True,
-              weights: dict[str, float] = LOSS_WEIGHTS, t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """The weighted loss of one batch (a collated dict) and its parts ``{"coords", "atoms", ...}`` as floats."""
+              weights: dict[str, float] = LOSS_WEIGHTS, t: torch.Tensor | None = None,
+              cond_passes: int = 1, cond_lag: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The weighted loss of one batch (a collated dict) and its parts ``{"coords", "atoms", ...}`` as floats.
+
+    ``cond_passes`` and ``cond_lag`` shape the self-conditioning input (see :func:`self_condition`)."""
     config = model.config
     mask = batch["mask"]
     B, N = mask.shape
     x1 = clean_state(batch, config)
     if t is None:
         t = draw_times(B, time_dist, generator)
-    xt, x1 = interpolate(x1, mask, t, config, generator, align)
+    xt, x1, x0 = interpolate(x1, mask, t, config, generator, align)
     cond = None
     if config.self_condition and self_cond > 0 and float(torch.rand(1, generator=generator)) < self_cond:
-        with torch.no_grad():
-            first = model(**xt, mask=mask, t=t, cond=None)
-            cond = {k: v.detach() for k, v in _prediction(first, xt, _masks(mask)).items()}
+        cond = self_condition(model, x0, x1, mask, t, generator, cond_passes, cond_lag)
     out = model(**xt, mask=mask, t=t, cond=cond)
     node = mask.float()
     parts = {"coords": (((out["coords"] - x1["coords"]) ** 2).sum(-1) * node).sum() / (3 * node.sum())}
@@ -186,6 +194,34 @@ def flow_loss(model: MoleculeEGNN, batch: dict[str, torch.Tensor], generator: to
             parts[name] = F.cross_entropy(logits[mask], target[mask])
     loss = sum(weights[k] * v for k, v in parts.items())
     return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def self_condition(model: MoleculeEGNN, x0: dict, x1: dict, mask: torch.Tensor, t: torch.Tensor,
+                   generator: torch.Generator, passes: int = 1, lag: float = 0.0) -> dict[str, torch.Tensor]:
+    """The ``cond`` of a self-conditioned training step: the prediction of a chain of no-grad passes.
+
+    With the defaults (one pass, no lag) it is Chen et al.'s: one pass at the same ``x_t`` and ``t`` without
+    ``cond``. The sampler instead feeds each call the previous *step's* prediction, itself self-conditioned:
+    a chain along the path, one step behind. ``passes = K`` draws a chain length ``k`` in ``1..K`` per batch
+    and ``lag = L`` a gap ``d`` in ``[0, L)`` per row; the passes run at ``t - k d, ..., t - 2d, t - d``
+    (points of the same path, clamped at 0), each conditioned on the one before. The chain teaches the model the input it meets when sampling (a prediction that was already
+    refined, from a slightly earlier point), where the one-pass recipe leaves a model that, on the reference
+    model, over-corrects such an input and oscillates with a period of two steps late in sampling
+    (``packages/science/ADAPTER.md``)."""
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"cond_passes={passes!r} must be an int >= 1 (1: one pass at the same t, Chen et al.)")
+    if not 0.0 <= lag < 1.0:
+        raise ValueError(f"cond_lag={lag!r} must lie in [0, 1): the largest time gap between chained passes, e.g. 0.03")
+    k = 1 + int(torch.randint(passes, (1,), generator=generator)) if passes > 1 else 1
+    gap = torch.rand(t.shape, generator=generator) * lag
+    cond = None
+    with torch.no_grad():
+        for j in range(k, 0, -1):
+            tj = (t - j * gap).clamp_min(0.0)
+            xj = path_point(x0, x1, tj)
+            first = model(**xj, mask=mask, t=tj, cond=cond)
+            cond = {key: v.detach() for key, v in _prediction(first, xj, _masks(mask)).items()}
+    return cond
 
 
 def _masks(mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -264,7 +300,7 @@ def train(args: argparse.Namespace, data=None) -> dict:
     stages = [*earlier.get("stages", []), {"first_step": first, **_recipe(args, model)}]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     options = {"time_dist": args.time, "self_cond": args.self_cond, "none_weight": args.none_weight,
-               "align": not args.no_align}
+               "align": not args.no_align, "cond_passes": args.cond_passes, "cond_lag": args.cond_lag}
     log: list[dict] = []
     vals: list[dict] = list(earlier.get("val", []))
     start = saved = time.time()

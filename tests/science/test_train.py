@@ -22,6 +22,7 @@ from forecache.science.train import (
     interpolate,
     kabsch_onto,
     parse_args,
+    self_condition,
     train,
 )
 
@@ -50,7 +51,7 @@ def test_noise_and_interpolant_follow_the_sampler():
     mask = batch["mask"]
     x1 = clean_state(batch, TINY)
     t = torch.tensor([0.1, 0.4, 0.7, 0.95])
-    xt, _ = interpolate(x1, mask, t, TINY, torch.Generator().manual_seed(3), align=False)
+    xt, _, _ = interpolate(x1, mask, t, TINY, torch.Generator().manual_seed(3), align=False)
     x0 = _initial_state(mask, {"atoms": 10, "charges": 3, "bonds": 4}, None, torch.Generator().manual_seed(3))
     for k in x1:
         tk = t.view(-1, *([1] * (x1[k].dim() - 1)))
@@ -182,3 +183,45 @@ def test_train_saves_a_loadable_checkpoint_and_init_continues(tmp_path, capsys):
     log = json.loads((out / "train_log.json").read_text())
     assert [e["step"] for e in log["log"]] == [0, 1, 2, 3, 4, 5]
     assert [s["first_step"] for s in log["stages"]] == [0, 4]
+
+
+def test_chained_self_conditioning_runs_passes_along_the_path_one_gap_apart():
+    # cond_passes=3, cond_lag=0.2: a chain of k in 1..3 no-grad passes at t - k d, ..., t - d, each
+    # conditioned on the one before (the first on nothing), and the training pass at t after them (t > 3 * 0.2:
+    # no pass is clamped at t = 0)
+    torch.manual_seed(0)
+    model = MoleculeEGNN(TINY).train()
+    calls = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["t"].clone(), kwargs.get("cond")))
+        return original(*args, **kwargs)
+
+    model.forward = spy
+    lengths = set()
+    for seed in range(20):
+        calls.clear()
+        flow_loss(model, collate(molecules(3)), torch.Generator().manual_seed(seed), self_cond=1.0,
+                  cond_passes=3, cond_lag=0.2, t=torch.tensor([0.7, 0.8, 0.9]))
+        *chain, last = calls
+        lengths.add(len(chain))
+        assert torch.equal(last[0], torch.tensor([0.7, 0.8, 0.9])) and isinstance(last[1], dict)
+        assert chain[0][1] is None and all(isinstance(c, dict) for _, c in chain[1:])
+        gaps = [last[0] - t for t, _ in reversed(chain)]  # d, 2d, ..., k d per row
+        for j, gap in enumerate(gaps, start=1):
+            assert torch.allclose(gap, j * gaps[0], atol=1e-6)
+        assert bool((gaps[0] >= 0).all() and (gaps[0] < 0.2).all())
+    assert lengths == {1, 2, 3}
+
+
+def test_chained_self_conditioning_rejects_bad_settings():
+    model = MoleculeEGNN(TINY)
+    batch = collate(molecules(2))
+    x1 = clean_state(batch, TINY)
+    t = torch.tensor([0.3, 0.7])
+    xt, x1, x0 = interpolate(x1, batch["mask"], t, TINY, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="cond_passes"):
+        self_condition(model, x0, x1, batch["mask"], t, torch.Generator(), passes=0)
+    with pytest.raises(ValueError, match="cond_lag"):
+        self_condition(model, x0, x1, batch["mask"], t, torch.Generator(), lag=1.5)
