@@ -1,5 +1,5 @@
 """The committed reference model, models/llada-tasks: it loads through the official layout and does the tasks it
-has learned (retrieval, copy and reverse; addition only partly, see its CARD.md)."""
+has learned (retrieval, addition, copy and reverse; accuracies on 200 examples each are in its CARD.md)."""
 
 from pathlib import Path
 
@@ -23,9 +23,9 @@ def test_the_reference_model_loads_with_its_tokenizer_and_the_training_config():
     assert (MODEL / "CARD.md").is_file()
 
 
-def test_the_reference_model_retrieves_copies_and_reverses():
+def test_the_reference_model_retrieves_adds_copies_and_reverses():
     model = load_reference(MODEL)
-    for task in ("kv", "copy", "reverse"):
+    for task in ("kv", "add", "copy", "reverse"):
         exs = examples(task, 4, 11)
         with torch.no_grad():
             texts = decode(answer_tokens(model, exs))
