@@ -156,8 +156,11 @@ def interpolate(x1: dict[str, torch.Tensor], mask: torch.Tensor, t: torch.Tensor
 
 def path_point(x0: dict[str, torch.Tensor], x1: dict[str, torch.Tensor], t: torch.Tensor) -> dict[str, torch.Tensor]:
     """``(1 - t) x0 + t x1`` per feature, ``t`` per row."""
-    return {k: (1 - t.view(-1, *([1] * (x0[k].dim() - 1)))) * x0[k] + t.view(-1, *([1] * (x0[k].dim() - 1))) * x1[k]
-            for k in x0}
+    point = {}
+    for k in x0:
+        tk = t.view(-1, *([1] * (x0[k].dim() - 1)))
+        point[k] = (1 - tk) * x0[k] + tk * x1[k]
+    return point
 
 
 def flow_loss(model: MoleculeEGNN, batch: dict[str, torch.Tensor], generator: torch.Generator, *,
@@ -204,16 +207,18 @@ def self_condition(model: MoleculeEGNN, x0: dict, x1: dict, mask: torch.Tensor, 
     ``cond``. The sampler instead feeds each call the previous *step's* prediction, itself self-conditioned:
     a chain along the path, one step behind. ``passes = K`` draws a chain length ``k`` in ``1..K`` per batch
     and ``lag = L`` a gap ``d`` in ``[0, L)`` per row; the passes run at ``t - k d, ..., t - 2d, t - d``
-    (points of the same path, clamped at 0), each conditioned on the one before. The chain teaches the model the input it meets when sampling (a prediction that was already
-    refined, from a slightly earlier point), where the one-pass recipe leaves a model that, on the reference
-    model, over-corrects such an input and oscillates with a period of two steps late in sampling
-    (``packages/science/ADAPTER.md``)."""
+    (points of the same path, clamped at 0), each conditioned on the one before. The chain is meant to teach
+    the model the input it meets when sampling (a prediction already refined, from a slightly earlier point);
+    the one-pass recipe leaves the reference model over-correcting such an input, so that its predictions
+    oscillate with a period of two steps late in sampling. Fine-tuning with the chain did not fix that
+    (``packages/science/ADAPTER.md``). The defaults draw no extra random numbers: the one-pass recipe's
+    random stream is unchanged."""
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"cond_passes={passes!r} must be an int >= 1 (1: one pass at the same t, Chen et al.)")
     if not 0.0 <= lag < 1.0:
         raise ValueError(f"cond_lag={lag!r} must lie in [0, 1): the largest time gap between chained passes, e.g. 0.03")
     k = 1 + int(torch.randint(passes, (1,), generator=generator)) if passes > 1 else 1
-    gap = torch.rand(t.shape, generator=generator) * lag
+    gap = torch.rand(t.shape, generator=generator) * lag if lag > 0 else torch.zeros_like(t)
     cond = None
     with torch.no_grad():
         for j in range(k, 0, -1):

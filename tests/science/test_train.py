@@ -122,18 +122,25 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     assert after < 0.7 * before
 
 
-def test_self_conditioning_feeds_the_first_pass_prediction():
+def spied_model():
+    """A tiny model that records each call's ``(t, cond)`` in the returned list."""
     torch.manual_seed(0)
     model = MoleculeEGNN(TINY).train()
-    seen = []
+    calls = []
     original = model.forward
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("cond"))
+        calls.append((kwargs["t"].clone(), kwargs.get("cond")))
         return original(*args, **kwargs)
 
     model.forward = spy
+    return model, calls
+
+
+def test_self_conditioning_feeds_the_first_pass_prediction():
+    model, calls = spied_model()
     flow_loss(model, collate(molecules(3)), torch.Generator().manual_seed(0), self_cond=1.0)
+    seen = [cond for _, cond in calls]
     assert seen[0] is None and isinstance(seen[1], dict)
     probs = seen[1]["atoms"]
     assert torch.allclose(probs.sum(-1)[collate(molecules(3))["mask"]], torch.ones(1), atol=1e-5)
@@ -189,16 +196,7 @@ def test_chained_self_conditioning_runs_passes_along_the_path_one_gap_apart():
     # cond_passes=3, cond_lag=0.2: a chain of k in 1..3 no-grad passes at t - k d, ..., t - d, each
     # conditioned on the one before (the first on nothing), and the training pass at t after them (t > 3 * 0.2:
     # no pass is clamped at t = 0)
-    torch.manual_seed(0)
-    model = MoleculeEGNN(TINY).train()
-    calls = []
-    original = model.forward
-
-    def spy(*args, **kwargs):
-        calls.append((kwargs["t"].clone(), kwargs.get("cond")))
-        return original(*args, **kwargs)
-
-    model.forward = spy
+    model, calls = spied_model()
     lengths = set()
     for seed in range(20):
         calls.clear()
@@ -225,3 +223,15 @@ def test_chained_self_conditioning_rejects_bad_settings():
         self_condition(model, x0, x1, batch["mask"], t, torch.Generator(), passes=0)
     with pytest.raises(ValueError, match="cond_lag"):
         self_condition(model, x0, x1, batch["mask"], t, torch.Generator(), lag=1.5)
+
+
+def test_one_pass_self_conditioning_draws_no_random_numbers():
+    # the defaults are Chen et al.'s recipe, and leave the training's random stream as it was before the chain
+    model = MoleculeEGNN(TINY)
+    batch = collate(molecules(2))
+    t = torch.tensor([0.3, 0.7])
+    xt, x1, x0 = interpolate(clean_state(batch, TINY), batch["mask"], t, TINY, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    state = generator.get_state()
+    self_condition(model, x0, x1, batch["mask"], t, generator)
+    assert torch.equal(generator.get_state(), state)
