@@ -17,6 +17,7 @@ from forecache.core.forecasters import (
     Taylor,
     derivatives,
     lagrange_weights,
+    least_squares_weights,
     taylor_weights,
 )
 from forecache.core.forecasters.hermite import hermite
@@ -109,6 +110,45 @@ def test_adams_bashforth_weights_are_binomial_one_step_ahead_on_a_uniform_grid()
     assert lagrange_weights([0.4, 0.3], 0.2) == pytest.approx([-1.0, 2.0])
     assert lagrange_weights([0.4, 0.3, 0.2], 0.1) == pytest.approx([1.0, -3.0, 3.0])
     assert lagrange_weights([0.4, 0.3, 0.2, 0.1], 0.0) == pytest.approx([-1.0, 4.0, -6.0, 4.0])
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_least_squares_adams_bashforth_is_exact_on_polynomials_of_its_order(order):
+    times = schedule(12, seed=order)
+    f = poly(order - 1, seed=10 + order)
+    assert max_err(run(AdamsBashforth(order, points=order + 3), f, times, n_hist=order + 5)) < 1e-8
+    # and is the plain interpolating forecast when the history holds no more than `order` points
+    hist = times[:order]
+    for t in times[order:order + 2]:
+        a = AdamsBashforth(order, points=order + 3).predict(hist, [f(x) for x in hist], t, {})
+        b = AdamsBashforth(order).predict(hist, [f(x) for x in hist], t, {})
+        torch.testing.assert_close(a, b)
+
+
+def test_least_squares_weights_interpolate_when_the_points_just_suffice():
+    times = [0.9, 0.75, 0.5, 0.4]
+    assert least_squares_weights(times, 0.2, 3) == pytest.approx(lagrange_weights(times, 0.2))
+    # a constant fitted over n points is their mean
+    assert least_squares_weights(times, 0.2, 0) == pytest.approx([0.25] * 4)
+    with pytest.raises(ValueError, match="degree=4"):
+        least_squares_weights(times, 0.2, 4)
+
+
+def test_least_squares_damps_an_alternation_that_interpolation_extrapolates():
+    # a line plus a period-2 alternation, computed every 3 steps (so the computed points alternate
+    # in phase), as a self-conditioned model's late outputs do; forecast the next two steps
+    def f(n: int) -> torch.Tensor:
+        return torch.tensor(0.1 * n + 0.05 * (-1) ** n, dtype=torch.float64)
+
+    computed = list(range(0, 30, 3))
+    values = [f(n) for n in computed]
+    for n in (30, 31):
+        trend = 0.1 * n
+        interpolated = AdamsBashforth(2, basis="index").predict(computed, values, n, {}).item()
+        fitted = AdamsBashforth(2, basis="index", points=6).predict(computed[-6:], values[-6:], n, {}).item()
+        # 2 F_n - F_(n-3) and its extension carry 2 to 3 times the alternation; the fit less than it
+        assert abs(interpolated - trend) >= 0.1 - 1e-12
+        assert abs(fitted - trend) < 0.05
 
 
 def test_derivatives_are_exact_for_a_cubic_on_a_non_uniform_grid():
@@ -341,6 +381,7 @@ def test_reuse_returns_a_copy():
         (Taylor(2), 1, 3),
         (Hermite(order=2), 1, 3),
         (AdamsBashforth(3), 1, 3),
+        (AdamsBashforth(3, points=7), 1, 7),
         (FoCa(), 2, 2),
         (FoCa(derivative_order=3), 2, 4),
         (FrequencySplit(), 1, 3),
@@ -372,6 +413,9 @@ def test_short_history_uses_the_highest_order_it_supports():
         (lambda: Hermite(sigma=float("nan")), "Hermite.sigma"),
         (lambda: Hermite(sigma="0.5"), "Hermite.sigma"),
         (lambda: AdamsBashforth(0), "AdamsBashforth.order"),
+        (lambda: AdamsBashforth(4, points=3), "AdamsBashforth.points"),
+        (lambda: AdamsBashforth(2, points=True), "AdamsBashforth.points"),
+        (lambda: AdamsBashforth(2, points=5.0), "AdamsBashforth.points"),
         (lambda: FoCa(derivative_order=0), "FoCa.derivative_order"),
         (lambda: FrequencySplit(cutoff=0.0), "FrequencySplit.cutoff"),
         (lambda: FrequencySplit(cutoff=1.0), "FrequencySplit.cutoff"),
@@ -393,6 +437,6 @@ def test_validate_passes_on_defaults_and_describe_lists_the_knobs():
         f.validate()
     assert Taylor(2).describe() == {"order": 2}
     assert Hermite().describe() == {"order": 2, "sigma": 0.5}
-    assert AdamsBashforth().describe() == {"order": 2, "basis": "time"}
+    assert AdamsBashforth().describe() == {"order": 2, "basis": "time", "points": None}
     assert FoCa().describe() == {"derivative_order": 1}
     assert Reuse().describe() == {}

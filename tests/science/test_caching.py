@@ -220,7 +220,7 @@ def test_guard_checks():
 
 def test_policy_describes_its_guard_and_validates():
     d = ab_forecast().describe()
-    assert d["where"][0]["guard"] == "MoleculeGuard" and d["what"] == {"type": "AdamsBashforth", "order": 2, "basis": "index"}
+    assert d["where"][0]["guard"] == "MoleculeGuard" and d["what"] == {"type": "AdamsBashforth", "order": 2, "basis": "index", "points": None}
     with pytest.raises(ValueError, match="Interval.interval"):
         ab_forecast(interval=0)
     with pytest.raises(ValueError, match="ModelOutput.guard"):

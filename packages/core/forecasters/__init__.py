@@ -9,7 +9,7 @@ computed points: ``Reuse`` (FORA, DeepCache, Δ-DiT), ``Taylor`` (TaylorSeer), `
 from .adams_bashforth import AdamsBashforth
 from .base import Forecaster
 from .blend import Blend, linear_ramp
-from .differences import derivatives, lagrange_weights, taylor_weights
+from .differences import derivatives, lagrange_weights, least_squares_weights, taylor_weights
 from .foca import FoCa
 from .frequency import FrequencySplit
 from .hermite import Hermite
@@ -27,6 +27,7 @@ __all__ = [
     "Taylor",
     "derivatives",
     "lagrange_weights",
+    "least_squares_weights",
     "linear_ramp",
     "taylor_weights",
 ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import Forecaster
-from .differences import lagrange_weights, weighted_sum
+from .differences import lagrange_weights, least_squares_weights, weighted_sum
 
 
 @dataclass(frozen=True)
@@ -44,23 +44,40 @@ class AdamsBashforth(Forecaster):
     binomial weights whenever the computed steps and the target are evenly spaced in index, whatever
     the time grid (exact for polynomials in the step index). The default ``basis="time"`` is the
     step-distance-aware form (exact for polynomials in ``t`` on any grid).
+
+    ``points`` (this project's extension; default ``None``, i.e. ``order``): fit the polynomial of
+    degree ``order - 1`` to the last ``points`` computed outputs by least squares instead of
+    interpolating the last ``order``. Still exact on polynomials of degree ``<= order - 1``, it
+    averages out a component the polynomial cannot follow, where interpolation extrapolates it:
+    a self-conditioned model whose outputs alternate from one step to the next (the molecule model
+    of ``forecache.science``, see its ADAPTER.md) gives, at interval 3, computed points of
+    alternating phase, and ``2 F_n - F_(n-1)`` then triples the alternation. The cost is the memory
+    of ``points`` outputs instead of ``order``.
     """
 
     order: int = 2
     basis: str = "time"
+    points: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     @property
     def max_history(self) -> int:  # type: ignore[override]
-        return self.order
+        return self.order if self.points is None else self.points
 
     def validate(self) -> None:
         if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 1:
             raise ValueError(
                 f"AdamsBashforth.order={self.order!r} must be an int >= 1 "
                 "(the number of past outputs combined; 1 = reuse, 2 = 2F_n - F_(n-1))"
+            )
+        if self.points is not None and (
+            isinstance(self.points, bool) or not isinstance(self.points, int) or self.points < self.order
+        ):
+            raise ValueError(
+                f"AdamsBashforth.points={self.points!r} must be None (interpolate the last `order` outputs) "
+                f"or an int >= order={self.order!r} (least-squares fit over that many outputs, e.g. 7 for order 4)"
             )
         if self.basis not in ("time", "index"):
             raise ValueError(
@@ -71,6 +88,7 @@ class AdamsBashforth(Forecaster):
     def predict(
         self, times: Sequence[float], values: Sequence[torch.Tensor], t: float, state: dict
     ) -> torch.Tensor:
-        k = min(self.order, len(times))
-        weights = lagrange_weights(list(times[-k:]), float(t))
+        k = min(self.max_history, len(times))
+        degree = min(self.order, k) - 1
+        weights = least_squares_weights(list(times[-k:]), float(t), degree)
         return weighted_sum(list(values[-k:]), weights).to(values[-1].dtype)

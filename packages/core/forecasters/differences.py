@@ -64,6 +64,29 @@ def lagrange_weights(times: Sequence[float], t: float) -> list[float]:
     ]
 
 
+def least_squares_weights(times: Sequence[float], t: float, degree: int) -> list[float]:
+    """Weights ``w_j`` with ``P(t) = sum_j w_j * value_j`` for the least-squares polynomial ``P`` of
+    degree ``degree`` through the points (``len(times) > degree``).
+
+    With ``degree == len(times) - 1`` the fit interpolates and these are :func:`lagrange_weights`.
+    With more points than coefficients the fit averages them, so a component the polynomial cannot
+    follow (noise, an oscillation between steps) is damped instead of extrapolated.
+    """
+    _check_distinct(times)
+    if not 0 <= degree < len(times):
+        raise ValueError(f"degree={degree} needs 0 <= degree < {len(times)} (the number of points)")
+    if degree == len(times) - 1:
+        return lagrange_weights(times, t)
+    xs = torch.tensor([float(x) for x in times], dtype=torch.float64)
+    # powers of (x - newest) / span: a Vandermonde matrix that stays well conditioned on any time scale
+    anchor, span = xs[-1], (xs.max() - xs.min())
+    powers = torch.arange(degree + 1, dtype=torch.float64)
+    basis = ((xs - anchor) / span).unsqueeze(1) ** powers
+    at = ((torch.tensor(float(t), dtype=torch.float64) - anchor) / span) ** powers
+    # P(t) = at . c with the normal equations (B^T B) c = B^T y, so w = B (B^T B)^-1 at
+    return (basis @ torch.linalg.solve(basis.T @ basis, at)).tolist()
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """float32 for half types (whose rounding would swamp the differences), else the dtype itself."""
     if not x.is_floating_point():
