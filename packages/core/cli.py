@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="benchmark a domain's methods and peers against the uncached model")
     bench.add_argument("domain", help="a domain with registered benchmarks (e.g. core), or 'all'")
     bench.add_argument("--quick", action="store_true", help="fewer inputs and settings")
-    bench.add_argument("--methods", nargs="+", help="only these methods (names as in the JSON)")
+    bench.add_argument("--methods", nargs="+", help="only these methods (names as in the JSON), or rows by label, "
+                       "e.g. 'ab_forecast(interval=3,order=2)'")
     bench.add_argument("--out", default="bench-out", help="results folder (default: bench-out)")
     bench.add_argument("--repeats", type=int, help="timed baseline/method pairs (default 3, quick 1)")
     bench.set_defaults(run=_bench)

@@ -83,6 +83,12 @@ def test_runner_writes_schema_1(tmp_path):
     assert "fora(interval=2)" in report.summary([result])
 
 
+def test_a_row_is_chosen_by_its_label():
+    result = runner.run_benchmark(ToyBench(), quick=True, only=["fora(interval=2)", "sleepy-peer"], progress=False)
+    assert [row["method"] for row in result["runs"]] == ["fora", "sleepy-peer"]
+    assert runner.run_benchmark(ToyBench(), quick=True, only=["fora(interval=3)"], progress=False) is None
+
+
 def test_unknown_method_filter_is_an_error(tmp_path):
     assert runner.run_benchmark(ToyBench(), quick=True, only=["nope"], progress=False) is None
     with pytest.raises(SystemExit, match="matches no method of core's benchmarks; choose from .*teacache"):

@@ -89,9 +89,10 @@ def run_benchmark(
     progress: bool = True,
 ) -> dict | None:
     """Run ``bench`` and return its result in the JSON schema of DESIGN.md ("Benchmarks"), or None when
-    it has no method to run (none in this mode, or none named in ``only``): there is nothing to compare."""
+    it has no method to run (none in this mode, or none named in ``only``): there is nothing to compare.
+    ``only`` holds method names (every row of that method) or row labels (``name(knob=value,...)``, one row)."""
     bench.prepare(quick)
-    methods = [m for m in bench.methods(quick) if only is None or m.name in only]
+    methods = [m for m in bench.methods(quick) if only is None or m.name in only or m.label in only]
     if not methods:
         return None
     repeats = repeats or (1 if quick else 3)
