@@ -77,14 +77,33 @@ def least_squares_weights(times: Sequence[float], t: float, degree: int) -> list
         raise ValueError(f"degree={degree} needs 0 <= degree < {len(times)} (the number of points)")
     if degree == len(times) - 1:
         return lagrange_weights(times, t)
-    xs = torch.tensor([float(x) for x in times], dtype=torch.float64)
-    # powers of (x - newest) / span: a Vandermonde matrix that stays well conditioned on any time scale
-    anchor, span = xs[-1], (xs.max() - xs.min())
-    powers = torch.arange(degree + 1, dtype=torch.float64)
-    basis = ((xs - anchor) / span).unsqueeze(1) ** powers
-    at = ((torch.tensor(float(t), dtype=torch.float64) - anchor) / span) ** powers
+    xs = [float(x) for x in times]
+    # powers of (x - newest) / span: a Vandermonde matrix that stays well conditioned on any time scale.
+    # Plain Python, like the other weights: torch ops here would also count as the model's FLOPs.
+    anchor, span = xs[-1], max(xs) - min(xs)
+    basis = [[((x - anchor) / span) ** p for p in range(degree + 1)] for x in xs]
+    at = [((float(t) - anchor) / span) ** p for p in range(degree + 1)]
     # P(t) = at . c with the normal equations (B^T B) c = B^T y, so w = B (B^T B)^-1 at
-    return (basis @ torch.linalg.solve(basis.T @ basis, at)).tolist()
+    gram = [[sum(row[p] * row[q] for row in basis) for q in range(degree + 1)] for p in range(degree + 1)]
+    c = _solve(gram, at)
+    return [sum(b * x for b, x in zip(row, c)) for row in basis]
+
+
+def _solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
+    """``x`` with ``matrix @ x = rhs``: Gaussian elimination with partial pivoting (small systems)."""
+    n = len(rhs)
+    a = [list(row) + [r] for row, r in zip(matrix, rhs)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda i: abs(a[i][col]))
+        a[col], a[pivot] = a[pivot], a[col]
+        for i in range(col + 1, n):
+            f = a[i][col] / a[col][col]
+            for j in range(col, n + 1):
+                a[i][j] -= f * a[col][j]
+    x = [0.0] * n
+    for i in reversed(range(n)):
+        x[i] = (a[i][n] - sum(a[i][j] * x[j] for j in range(i + 1, n))) / a[i][i]
+    return x
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
