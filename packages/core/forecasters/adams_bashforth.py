@@ -51,8 +51,8 @@ class AdamsBashforth(Forecaster):
     averages out a component the polynomial cannot follow, where interpolation extrapolates it:
     a self-conditioned model whose outputs alternate from one step to the next (the molecule model
     of ``forecache.science``, see its ADAPTER.md) gives, at interval 3, computed points of
-    alternating phase, and ``2 F_n - F_(n-1)`` then carries two to three times the alternation. The cost is the memory
-    of ``points`` outputs instead of ``order``.
+    alternating phase, and ``2 F_n - F_(n-1)`` then carries two to three times the alternation.
+    The cost is the memory of ``points`` outputs instead of ``order``.
     """
 
     order: int = 2

@@ -72,11 +72,11 @@ def least_squares_weights(times: Sequence[float], t: float, degree: int) -> list
     With more points than coefficients the fit averages them, so a component the polynomial cannot
     follow (noise, an oscillation between steps) is damped instead of extrapolated.
     """
-    _check_distinct(times)
     if not 0 <= degree < len(times):
         raise ValueError(f"degree={degree} needs 0 <= degree < {len(times)} (the number of points)")
     if degree == len(times) - 1:
         return lagrange_weights(times, t)
+    _check_distinct(times)
     xs = [float(x) for x in times]
     # powers of (x - newest) / span: a Vandermonde matrix that stays well conditioned on any time scale.
     # Plain Python, like the other weights: torch ops here would also count as the model's FLOPs.
