@@ -111,6 +111,16 @@ def test_pareto_front():
     assert [(r["speedup_flops"], r["fidelity"]["psnr"]) for r in report.pareto_front(runs, "psnr")] == [(1, 40), (2, 35), (3, 20)]
 
 
+def test_pareto_front_of_a_distance_keeps_the_smallest():
+    # an RMSD to the uncached sample is better when smaller: the front keeps the closest run at each speedup
+    runs = [{"speedup_flops": s, "fidelity": {"coord_rmsd_mean": d}}
+            for s, d in [(1.96, 0.12), (1.96, 0.37), (2.94, 0.27), (2.94, 0.52), (2.94, 0.30)]]
+    front = report.pareto_front(runs, "coord_rmsd_mean")
+    assert [(r["speedup_flops"], r["fidelity"]["coord_rmsd_mean"]) for r in front] == [(1.96, 0.12), (2.94, 0.27)]
+    assert report.lower_is_better("coord_rmsd_mean") and report.lower_is_better("n_nonfinite")
+    assert not any(report.lower_is_better(k) for k in ("psnr", "ssim", "token_agreement", "atom_type_agreement"))
+
+
 def test_image_metrics():
     a = torch.rand(2, 3, 16, 16)
     assert psnr(a, a) == float("inf") and ssim(a, a) == pytest.approx(1.0)

@@ -8,6 +8,13 @@ import json
 from pathlib import Path
 
 FIDELITY_FIRST = ("psnr", "token_agreement", "ssim", "rmsd")
+#: name parts of fidelity metrics where smaller is closer to the uncached output (distances, broken outputs)
+LOWER_IS_BETTER = ("rmsd", "mse", "mae", "error", "distance", "nonfinite")
+
+
+def lower_is_better(key: str) -> bool:
+    """Whether a smaller value of fidelity metric ``key`` is better (``coord_rmsd_mean``: yes; ``psnr``: no)."""
+    return any(part in LOWER_IS_BETTER for part in key.lower().split("_"))
 
 
 def primary_fidelity(result: dict) -> str | None:
@@ -88,8 +95,9 @@ def pareto_plot(result: dict, path: Path) -> Path | None:
     handles, labels = ax.get_legend_handles_labels()
     seen = dict(zip(labels, handles))
     ax.legend(seen.values(), seen.keys(), fontsize=7, ncol=2, loc="best")
-    ax.set_xlabel("FLOPs speedup (uncached = 1); identical outputs drawn at the top edge")
-    ax.set_ylabel(f"{key} vs uncached (higher is better)" if key != "rmsd" else f"{key} vs uncached")
+    infinite = len(finite) < len(runs)
+    ax.set_xlabel("FLOPs speedup (uncached = 1)" + ("; identical outputs drawn at the top edge" if infinite else ""))
+    ax.set_ylabel(f"{key} vs uncached ({'lower' if lower_is_better(key) else 'higher'} is better)")
     ax.set_title(f"{result['domain']}/{result['benchmark']} on {result['model']}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -104,15 +112,16 @@ def _finite(x: float, cap: float) -> float:
 
 
 def pareto_front(runs: list[dict], key: str) -> list[dict]:
-    """Runs not beaten on both FLOPs speedup and fidelity by another run, by speedup."""
-    front = [
-        r for r in runs
-        if not any(
-            o["speedup_flops"] >= r["speedup_flops"] and o["fidelity"][key] >= r["fidelity"][key]
-            and (o["speedup_flops"], o["fidelity"][key]) != (r["speedup_flops"], r["fidelity"][key])
-            for o in runs
-        )
-    ]
+    """Runs not beaten on both FLOPs speedup and fidelity by another run, by speedup (fidelity in the
+    direction :func:`lower_is_better` gives)."""
+    sign = -1.0 if lower_is_better(key) else 1.0
+
+    def score(r: dict) -> tuple[float, float]:
+        return r["speedup_flops"], sign * r["fidelity"][key]
+
+    front = [r for r in runs if not any(
+        score(o)[0] >= score(r)[0] and score(o)[1] >= score(r)[1] and score(o) != score(r) for o in runs
+    )]
     return sorted(front, key=lambda r: r["speedup_flops"])
 
 
