@@ -24,7 +24,8 @@ sampler integrates what this trains):
   turned into the state the sampler feeds back (``sampler._prediction``: coordinates, softmax probabilities,
   masked), is the second pass's ``cond`` (Chen et al., arXiv 2208.04202). Without it ``cond=None``, as the
   sampler's first step. ``--cond-passes K --cond-lag L`` [1, 0] make the ``cond`` as the sampler does: from
-  a chain of passes at earlier points of the path (:func:`self_condition`).
+  a chain of passes at earlier points of the path (:func:`self_condition`); ``--cond-noise S`` [0] adds noise
+  to it (:func:`perturb_condition`).
 - Loss (the network predicts ``x1``): ``3 * coordinate MSE`` (mean over real atoms and x, y, z, Å²)
   ``+ 0.4 * CE(atom types) + 1 * CE(charges) + 2 * CE(bonds)``: FlowMol's weights for its Gaussian
   categorical flow (Dunn and Koes, arXiv 2404.19739, ``configs/qm9_gaussian.yaml``: x 3, a 0.4, c 1,
@@ -90,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="self-conditioning input from a chain of up to this many no-grad passes (1: Chen et al.)")
     p.add_argument("--cond-lag", type=float, default=0.0,
                    help="the chain's passes at earlier points of the path, up to this time gap apart (0: same t)")
+    p.add_argument("--cond-noise", type=float, default=0.0,
+                   help="Gaussian noise of std up to this on the self-conditioning input (Å, probabilities; 0: none)")
     p.add_argument("--none-weight", type=float, default=0.25, help="weight of a non-bonded pair in the bond CE")
     p.add_argument("--no-align", action="store_true", help="no Kabsch rotation of the data onto the noise")
     p.add_argument("--config", default=None, metavar="JSON", help='EGNNConfig overrides, e.g. \'{"layers": 4}\'')
@@ -166,10 +169,11 @@ def path_point(x0: dict[str, torch.Tensor], x1: dict[str, torch.Tensor], t: torc
 def flow_loss(model: MoleculeEGNN, batch: dict[str, torch.Tensor], generator: torch.Generator, *,
               time_dist: str = "beta", self_cond: float = 0.5, none_weight: float = 0.25, align: bool = True,
               weights: dict[str, float] = LOSS_WEIGHTS, t: torch.Tensor | None = None,
-              cond_passes: int = 1, cond_lag: float = 0.0) -> tuple[torch.Tensor, dict]:
+              cond_passes: int = 1, cond_lag: float = 0.0, cond_noise: float = 0.0) -> tuple[torch.Tensor, dict]:
     """The weighted loss of one batch (a collated dict) and its parts ``{"coords", "atoms", ...}`` as floats.
 
-    ``cond_passes`` and ``cond_lag`` shape the self-conditioning input (see :func:`self_condition`)."""
+    ``cond_passes``, ``cond_lag`` and ``cond_noise`` shape the self-conditioning input (see
+    :func:`self_condition` and :func:`perturb_condition`)."""
     config = model.config
     mask = batch["mask"]
     B, N = mask.shape
@@ -180,6 +184,8 @@ def flow_loss(model: MoleculeEGNN, batch: dict[str, torch.Tensor], generator: to
     cond = None
     if config.self_condition and self_cond > 0 and float(torch.rand(1, generator=generator)) < self_cond:
         cond = self_condition(model, x0, x1, mask, t, generator, cond_passes, cond_lag)
+        if cond_noise > 0:
+            cond = perturb_condition(cond, mask, cond_noise, generator)
     out = model(**xt, mask=mask, t=t, cond=cond)
     node = mask.float()
     parts = {"coords": (((out["coords"] - x1["coords"]) ** 2).sum(-1) * node).sum() / (3 * node.sum())}
@@ -227,6 +233,30 @@ def self_condition(model: MoleculeEGNN, x0: dict, x1: dict, mask: torch.Tensor, 
             first = model(**xj, mask=mask, t=tj, cond=cond)
             cond = {key: v.detach() for key, v in _prediction(first, xj, _masks(mask)).items()}
     return cond
+
+
+def perturb_condition(cond: dict[str, torch.Tensor], mask: torch.Tensor, noise: float,
+                      generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``cond`` plus Gaussian noise of a std drawn per molecule from ``[0, noise)`` (Å for the coordinates, whose
+    noise has its centre of mass removed, probability units for the rest), masked like the sampler's state.
+
+    Why: in the one-pass recipe ``cond`` is a fixed function of ``x_t``, so training never says how the model
+    should answer a ``cond`` that differs from its own first pass, and the sampler feeds exactly such inputs
+    (the previous step's prediction, or a forecast). Noise the target does not depend on was meant to teach the
+    model to damp those differences instead of over-correcting them, the feedback that makes the reference
+    model's late predictions alternate between steps. Fine-tuning with it raised the uncached quality but not
+    what forecasting keeps of it (``packages/science/ADAPTER.md``)."""
+    if not noise >= 0:
+        raise ValueError(f"cond_noise={noise!r} must be >= 0: the largest std of the noise, e.g. 0.05 (0: none)")
+    masks = _masks(mask)
+    scale = torch.rand(mask.shape[0], generator=generator) * noise
+    out = {}
+    for key, value in cond.items():
+        eps = torch.randn(value.shape, generator=generator) * masks[key]
+        if key == "coords":
+            eps = eps - eps.sum(1, keepdim=True) / masks[key].sum(1, keepdim=True).clamp_min(1)
+        out[key] = (value + scale.view(-1, *([1] * (value.dim() - 1))) * eps) * masks[key]
+    return out
 
 
 def _masks(mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -305,7 +335,8 @@ def train(args: argparse.Namespace, data=None) -> dict:
     stages = [*earlier.get("stages", []), {"first_step": first, **_recipe(args, model)}]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     options = {"time_dist": args.time, "self_cond": args.self_cond, "none_weight": args.none_weight,
-               "align": not args.no_align, "cond_passes": args.cond_passes, "cond_lag": args.cond_lag}
+               "align": not args.no_align, "cond_passes": args.cond_passes, "cond_lag": args.cond_lag,
+               "cond_noise": args.cond_noise}
     log: list[dict] = []
     vals: list[dict] = list(earlier.get("val", []))
     start = saved = time.time()

@@ -22,6 +22,7 @@ from forecache.science.train import (
     interpolate,
     kabsch_onto,
     parse_args,
+    perturb_condition,
     self_condition,
     train,
 )
@@ -235,3 +236,39 @@ def test_one_pass_self_conditioning_draws_no_random_numbers():
     state = generator.get_state()
     self_condition(model, x0, x1, batch["mask"], t, generator)
     assert torch.equal(generator.get_state(), state)
+
+
+def test_condition_noise_is_masked_centred_and_bounded_per_molecule():
+    batch = collate(molecules(3))
+    mask = batch["mask"]
+    state = _initial_state(mask, {"atoms": 4, "charges": 3, "bonds": 5}, None, torch.Generator().manual_seed(0))
+    cond = {k: v.abs() if k != "coords" else v for k, v in state.items()}
+    noisy = perturb_condition(cond, mask, 0.05, torch.Generator().manual_seed(2))
+    node, pair = mask.unsqueeze(-1), (mask.unsqueeze(1) & mask.unsqueeze(2)).unsqueeze(-1)
+    for key, value in noisy.items():
+        delta = value - cond[key]
+        where = node if key != "bonds" else pair
+        assert bool((value[~where.expand_as(value)] == 0).all()), key  # padding stays zero
+        assert float(delta.abs().max()) > 0, key
+        # the std is drawn per molecule below 0.05: 6 sigma bounds every entry
+        assert float(delta.abs().max()) < 0.3, key
+    shift = (noisy["coords"] - cond["coords"]).sum(1)  # no net translation of the molecule
+    assert torch.allclose(shift, torch.zeros_like(shift), atol=1e-5)
+    unchanged = perturb_condition(cond, mask, 0.0, torch.Generator())
+    assert all(torch.equal(unchanged[k], cond[k] * (node if k != "bonds" else pair)) for k in cond)
+    with pytest.raises(ValueError, match="cond_noise"):
+        perturb_condition(cond, mask, -0.1, torch.Generator())
+
+
+def test_condition_noise_reaches_the_training_pass():
+    # with cond_noise the training pass sees a cond that differs from the first pass's prediction
+    model, calls = spied_model()
+    batch = collate(molecules(2))
+    t = torch.tensor([0.4, 0.8])
+    conds = []
+    for noise in (0.0, 0.05):
+        calls.clear()
+        flow_loss(model, batch, torch.Generator().manual_seed(3), self_cond=1.0, t=t, cond_noise=noise)
+        conds.append(calls[-1][1])
+    assert set(conds[0]) == set(conds[1])
+    assert any(not torch.allclose(conds[0][k], conds[1][k]) for k in conds[0])
