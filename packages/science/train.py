@@ -184,7 +184,7 @@ def flow_loss(model: MoleculeEGNN, batch: dict[str, torch.Tensor], generator: to
     cond = None
     if config.self_condition and self_cond > 0 and float(torch.rand(1, generator=generator)) < self_cond:
         cond = self_condition(model, x0, x1, mask, t, generator, cond_passes, cond_lag)
-        if cond_noise > 0:
+        if cond_noise:  # a negative value reaches perturb_condition's error
             cond = perturb_condition(cond, mask, cond_noise, generator)
     out = model(**xt, mask=mask, t=t, cond=cond)
     node = mask.float()

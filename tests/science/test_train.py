@@ -272,3 +272,5 @@ def test_condition_noise_reaches_the_training_pass():
         conds.append(calls[-1][1])
     assert set(conds[0]) == set(conds[1])
     assert any(not torch.allclose(conds[0][k], conds[1][k]) for k in conds[0])
+    with pytest.raises(ValueError, match="cond_noise"):
+        flow_loss(model, batch, torch.Generator().manual_seed(3), self_cond=1.0, t=t, cond_noise=-0.05)

@@ -115,13 +115,8 @@ def pareto_front(runs: list[dict], key: str) -> list[dict]:
     """Runs not beaten on both FLOPs speedup and fidelity by another run, by speedup (fidelity in the
     direction :func:`lower_is_better` gives)."""
     sign = -1.0 if lower_is_better(key) else 1.0
-
-    def score(r: dict) -> tuple[float, float]:
-        return r["speedup_flops"], sign * r["fidelity"][key]
-
-    front = [r for r in runs if not any(
-        score(o)[0] >= score(r)[0] and score(o)[1] >= score(r)[1] and score(o) != score(r) for o in runs
-    )]
+    scored = [(r, (r["speedup_flops"], sign * r["fidelity"][key])) for r in runs]
+    front = [r for r, s in scored if not any(o[0] >= s[0] and o[1] >= s[1] and o != s for _, o in scored)]
     return sorted(front, key=lambda r: r["speedup_flops"])
 
 
