@@ -37,6 +37,17 @@ def test_outputs_and_self_conditioning():
     assert not torch.equal(again["atom_logits"], out["atom_logits"])
 
 
+def test_split_bond_head_equals_the_head_on_concatenated_pair_features():
+    # forward splits the bond head's first linear map by input to save O(N^2) work; same function
+    model = MoleculeEGNN(TINY).eval()
+    g = torch.Generator().manual_seed(1)
+    e = torch.randn(2, 5, 5, TINY.edge_hidden, generator=g)
+    h = torch.randn(2, 5, TINY.hidden, generator=g)
+    with torch.no_grad():
+        whole = model.bond_head(torch.cat([e, h.unsqueeze(2) + h.unsqueeze(1)], -1))
+        torch.testing.assert_close(model._bond_logits(e, h), whole)
+
+
 def test_heads_can_be_disabled():
     c = EGNNConfig(hidden=16, layers=1, message=8, edge_hidden=4, rbf=4, time_features=4, num_charges=0, num_bond_types=0)
     x = inputs()
