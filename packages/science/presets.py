@@ -8,7 +8,10 @@ Molecular Geometry Generation", arXiv 2510.04646) forecast the hidden state of t
 block and run the output heads on it; forecasting the output dict instead needs nothing of the
 model but its output, so it works for any velocity model, and a skipped step skips the heads too.
 The two differ where the heads are nonlinear (the softmax of the logits is taken after the
-forecast here).
+forecast here). ``where="layers"`` is closer to the paper: it forecasts the residual of the layer
+stack (what the layers add to their input) and runs the embedding and the heads at every step, on
+the fresh state and self-conditioning input; a skipped step then still costs the embedding and the
+heads (7% of a call of the reference model), and the guard, which checks outputs, does not apply.
 
 Every preset computes the first ``warmup`` steps, then one step in ``interval``, and the last
 ``cooldown`` steps; ``interval=1`` never skips (bit-identical to the uncached sampler). The
@@ -19,7 +22,7 @@ chemistry guard (``forecache.science.guards.MoleculeGuard``) vetoes implausible 
 
 from __future__ import annotations
 
-from forecache.core import ModelOutput, Policy
+from forecache.core import Blocks, ModelOutput, Policy
 from forecache.core.forecasters import AdamsBashforth, Taylor
 from forecache.core.triggers.interval import Interval
 
@@ -28,10 +31,21 @@ from .guards import MoleculeGuard
 _DEFAULT_GUARD = MoleculeGuard()
 
 
-def _policy(name: str, paper: str, interval: int, warmup: int, cooldown: int, what, guard, options) -> Policy:
+#: what a preset forecasts: the network's output dict, or the residual of its layer stack
+WHERE = ("output", "layers")
+
+
+def _policy(name: str, paper: str, interval: int, warmup: int, cooldown: int, what, guard, where, options) -> Policy:
+    if where not in WHERE:
+        raise ValueError(f"where={where!r} is unknown; use 'output' (the output dict) or 'layers' (the layer stack's residual)")
+    if where == "layers" and guard is not None and guard is not _DEFAULT_GUARD:
+        raise ValueError(
+            "a guard checks forecast outputs, and where='layers' forecasts the layer stack, whose outputs the "
+            "heads compute at every step; pass guard=None or where='output'"
+        )
+    selector = ModelOutput(guard=guard) if where == "output" else Blocks()
     return Policy(
-        where=ModelOutput(guard=guard), when=Interval(interval, warmup, cooldown), what=what,
-        name=name, paper=paper, **options,
+        where=selector, when=Interval(interval, warmup, cooldown), what=what, name=name, paper=paper, **options,
     )
 
 
@@ -43,6 +57,7 @@ def ab_forecast(
     guard: MoleculeGuard | None = _DEFAULT_GUARD,
     basis: str = "index",
     points: int | None = None,
+    where: str = "output",
     **options,
 ) -> Policy:
     """AB-Cache (arXiv 2504.10540) on a molecule model's output, as Sommer et al. (arXiv
@@ -57,13 +72,16 @@ def ab_forecast(
     self-conditioned outputs alternate between steps, as the reference model's do late in sampling,
     ``order=4, points=7`` halves the quality AB loses at interval 3 (see ADAPTER.md).
 
+    ``where``: ``"output"`` (default) forecasts the output dict; ``"layers"`` the layer stack's
+    residual, with the embedding and heads run at every step (see the module docstring).
+
     Defaults: interval 3, order 2 (AB-Cache's reference setting), warm-up 2 steps, no cool-down,
-    the default :class:`MoleculeGuard`.
+    the default :class:`MoleculeGuard` (not applied with ``where="layers"``).
     """
     name = "ab_forecast" if basis == "index" else "ab_forecast_timed"
     return _policy(
         name, "arXiv:2504.10540; arXiv:2510.04646", interval, warmup, cooldown,
-        AdamsBashforth(order, basis=basis, points=points), guard, options,
+        AdamsBashforth(order, basis=basis, points=points), guard, where, options,
     )
 
 
@@ -82,6 +100,7 @@ def taylor_forecast(
     warmup: int = 2,
     cooldown: int = 0,
     guard: MoleculeGuard | None = _DEFAULT_GUARD,
+    where: str = "output",
     **options,
 ) -> Policy:
     """TaylorSeer (arXiv 2503.06923) on a molecule model's output, the other forecaster Sommer et al.
@@ -89,9 +108,10 @@ def taylor_forecast(
     derivatives from divided differences on the real times (``forecache.core.forecasters.Taylor``;
     ``Taylor(m)`` is ``ab_forecast_timed(order=m + 1)``'s polynomial in another basis).
 
-    Defaults: interval 3, order 1, warm-up 2 steps, no cool-down, the default :class:`MoleculeGuard`.
+    Defaults: interval 3, order 1, warm-up 2 steps, no cool-down, the default :class:`MoleculeGuard`,
+    ``where="output"`` (as in :func:`ab_forecast`).
     """
     return _policy(
         "taylor_forecast", "arXiv:2503.06923; arXiv:2510.04646", interval, warmup, cooldown,
-        Taylor(order), guard, options,
+        Taylor(order), guard, where, options,
     )

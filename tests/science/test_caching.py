@@ -232,9 +232,23 @@ def test_block_level_policy_forecasts_the_layer_stack():
     model, m = egnn(), mask()
     with torch.no_grad():
         ref = sample(model, m, steps=8, noise=egnn_noise(m))
-        handle = cache_model(model, ab_forecast(interval=2).replace(where=fc.Blocks()))
-        out = sample(model, m, steps=8, noise=egnn_noise(m), handle=handle)
-    handle.remove()
-    assert handle.stats().hit_rate > 0
+        runs = {}
+        for label, policy in (("replace", ab_forecast(interval=2).replace(where=fc.Blocks())),
+                              ("where", ab_forecast(interval=2, where="layers"))):
+            handle = cache_model(model, policy)
+            runs[label] = sample(model, m, steps=8, noise=egnn_noise(m), handle=handle)
+            handle.remove()
+            assert handle.stats().hit_rate > 0
+    out = runs["where"]
     assert all(torch.isfinite(v).all() for v in out.state.values())
     assert not torch.equal(ref.state["coords"], out.state["coords"])
+    assert all(torch.equal(out.state[k], runs["replace"].state[k]) for k in out.state)
+
+
+def test_where_names_its_choices_and_layers_refuses_a_guard():
+    assert isinstance(ab_forecast(where="layers").where, fc.Blocks)
+    assert isinstance(taylor_forecast(where="layers").where, fc.Blocks)
+    with pytest.raises(ValueError, match="where='blocks' is unknown"):
+        ab_forecast(where="blocks")
+    with pytest.raises(ValueError, match="pass guard=None or where='output'"):
+        ab_forecast(where="layers", guard=MoleculeGuard(max_radius=50.0))
