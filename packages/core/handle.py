@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -249,6 +250,16 @@ class CacheHandle:
         self._schedule = tuple(x * scale for x in ts)
         return self._schedule
 
+    def on_rows(self, ctx: CallContext, idx: torch.Tensor, run: Callable[[], Any]) -> Any:
+        """``run()``, a call of the model on rows ``idx`` of ``ctx``'s batch, with the context of those
+        rows: sites inside see a batch of ``len(idx)`` rows and keep each row's history under its
+        row of the whole batch."""
+        self._ctx = dataclasses.replace(ctx, batch=len(idx), rows=tuple(ctx.row_of(int(i)) for i in idx))
+        try:
+            return run()
+        finally:
+            self._ctx = ctx
+
     def context_for(self, site: Site) -> CallContext:
         if self._ctx is None:
             raise RuntimeError(
@@ -262,7 +273,7 @@ class CacheHandle:
     def record(
         self, site: Site, ctx: CallContext, r: int, action: str, metric: float | None, note: str | None = None
     ) -> None:
-        d = Decision(ctx.generation, ctx.step, ctx.branch, r, site.name, ctx.t, action, metric, note)
+        d = Decision(ctx.generation, ctx.step, ctx.branch, ctx.row_of(r), site.name, ctx.t, action, metric, note)
         self._trace.append(d)
         s = self._stats.sites[site.name]
         if action in ("rejected", "nonfinite", "guarded"):  # a cached row that was computed after all

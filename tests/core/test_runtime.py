@@ -33,7 +33,9 @@ def test_rows_decide_independently_and_match_their_standalone_run(toy, adapter):
     b["hidden_states"] = b["hidden_states"] * 50  # a loud row
     batch = {k: torch.cat([a[k], b[k]]) for k in a}
     quiet, loud = (toy.x_in(x["hidden_states"]).abs().mean().item() for x in (a, b))
-    for selector in (fc.Blocks(), fc.Submodules(("attn", "mlp"))):
+    # the last: a whole-output site runs the model on the rows it does not forecast, and the blocks
+    # inside must keep those rows' histories under their rows of the whole batch
+    for selector in (fc.Blocks(), fc.Submodules(("attn", "mlp")), [fc.ModelOutput(), fc.Blocks()]):
         policy = fc.Policy(where=selector, when=LoudTrigger((quiet * loud) ** 0.5))
         handle = fc.apply(toy, policy, adapter)
         together = sample(toy, batch, STEPS)

@@ -27,6 +27,13 @@ class CallContext:
     t: float
     batch: int
     timesteps: tuple[float, ...] | None
+    rows: tuple[int, ...] | None = None
+    """Row ``r`` of this call is row ``rows[r]`` of the model call's batch; ``None``: the same row.
+    Set while a root site (``ModelOutput``) runs the model on the rows it does not forecast, so
+    that inner sites keep each row's history under its row of the whole batch."""
+
+    def row_of(self, r: int) -> int:
+        return r if self.rows is None else self.rows[r]
 
 
 @dataclass
@@ -74,8 +81,8 @@ class Site:
             h.clear()
         self._rows.clear()
 
-    def history(self, branch: int, r: int) -> RowHistory:
-        key = (branch, r)
+    def history(self, ctx: CallContext, r: int) -> RowHistory:
+        key = (ctx.branch, ctx.row_of(r))
         if key not in self._rows:
             self._rows[key] = RowHistory(
                 self.trigger.new_state(), self.handle.storage, self.forecaster.max_history
@@ -109,7 +116,7 @@ class Site:
         level = ctx.t / self.handle.adapter.time_unit
         in_window = self.window is None or self.window[0] <= level <= self.window[1]
         for r in rows if rows is not None else range(ctx.batch):
-            hist = self.history(ctx.branch, r)
+            hist = self.history(ctx, r)
             obs = self._observation(ctx, r, signal)
             if not in_window:
                 plans.append(RowPlan(True, obs))
@@ -145,7 +152,7 @@ class Site:
             step=ctx.step,
             t=ctx.t,
             timesteps=ctx.timesteps,
-            since_compute=self.history(ctx.branch, r).since_compute(ctx.step),
+            since_compute=self.history(ctx, r).since_compute(ctx.step),
             signal=row(signal, r),
         )
 
@@ -161,7 +168,7 @@ class Site:
         """After the step: store what computed rows produced (``cached``: the parts the forecaster
         learns from, e.g. residuals) and let the trigger see every row."""
         for r, plan in zip(rows if rows is not None else range(ctx.batch), plans):
-            hist = self.history(ctx.branch, r)
+            hist = self.history(ctx, r)
             if plan.compute and cached is not None:
                 hist.record(ctx.step, ctx.t, tuple(row(p, r) for p in cached))
             out = row(outputs[0], r) if (plan.compute and outputs is not None) else None

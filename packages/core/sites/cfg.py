@@ -140,7 +140,7 @@ class CfgSite(Site):
 
     def _restart_bands(self, ctx, rows: int) -> None:
         for r in range(rows):
-            self.history(ctx.branch, r).extra["k"] = [0, 0]
+            self.history(ctx, r).extra["k"] = [0, 0]
 
     def _agree(self, plans) -> None:
         if len({p.compute for p in plans}) > 1:
@@ -154,7 +154,7 @@ class CfgSite(Site):
         level = ctx.t / self.handle.adapter.time_unit
         rows = []
         for r, p in enumerate(plans):
-            ks = self.history(ctx.branch, r).extra.setdefault("k", [0, 0])
+            ks = self.history(ctx, r).extra.setdefault("k", [0, 0])
             for band, (lo, hi) in enumerate(self.band_windows):
                 ks[band] += 1 if lo <= level <= hi else 0
             parts = []

@@ -83,7 +83,9 @@ class OutputSite(Site):
             self.observe(ctx, plans, like, None, None)
             return rebuild(self._template, forecast)
         idx = compute.nonzero().flatten()
-        fresh, self._template = flatten(call(*take_rows(args, idx, ctx.batch), **take_rows(kwargs, idx, ctx.batch)))
+        fresh, self._template = flatten(self.handle.on_rows(
+            ctx, idx, lambda: call(*take_rows(args, idx, ctx.batch), **take_rows(kwargs, idx, ctx.batch))
+        ))
         parts = []
         for f, c in zip(fresh, forecast):
             full = put_rows(f.new_empty((ctx.batch, *f.shape[1:])), idx, f)

@@ -193,7 +193,7 @@ class SpanSite(Site):
         for r, plan in enumerate(plans):
             if plan.compute:
                 continue
-            hist = self._verify_history(ctx.branch, r)
+            hist = self._verify_history(ctx, r)
             if not hist.ready(self.forecaster):
                 rejected.append(r)
                 self.handle.record(self, ctx, r, "rejected", None)
@@ -203,7 +203,7 @@ class SpanSite(Site):
             pred = row(p.region_in[0], r) + pred
             err = float((pred - real).float().norm() / real.float().norm().clamp_min(1e-12))
             err = self.handle.reduce(err)
-            if not self.trigger.verify(self.history(ctx.branch, r).trigger_state, plan.obs, err):
+            if not self.trigger.verify(self.history(ctx, r).trigger_state, plan.obs, err):
                 rejected.append(r)
                 self.handle.record(self, ctx, r, "rejected", err)
         if rejected:
@@ -222,11 +222,11 @@ class SpanSite(Site):
         for r, plan in enumerate(plans):
             if plan.compute:
                 full = tuple(row(o, r) - row(p.region_in[i], r) for o, i in zip(span_out, self._span_at))
-                self._verify_history(ctx.branch, r).record(ctx.step, ctx.t, full)
+                self._verify_history(ctx, r).record(ctx.step, ctx.t, full)
         return out
 
-    def _verify_history(self, branch: int, r: int) -> RowHistory:
-        key = (branch, r)
+    def _verify_history(self, ctx: CallContext, r: int) -> RowHistory:
+        key = (ctx.branch, ctx.row_of(r))
         if key not in self._verify_rows:
             self._verify_rows[key] = RowHistory({}, self.handle.storage, self.forecaster.max_history)
         return self._verify_rows[key]

@@ -80,7 +80,7 @@ class TokenSite(ModuleSite):
         steps = None if ctx.timesteps is None else len(ctx.timesteps)
         frac = self.selection.fraction(self.layer, self.layers, ctx.step, steps)
         for r, plan in enumerate(plans):
-            hist = self.history(ctx.branch, r)
+            hist = self.history(ctx, r)
             if plan.compute:
                 hist.keep("x", x[r : r + 1])
                 hist.extra["age"] = torch.zeros(x.shape[1], device=x.device)
