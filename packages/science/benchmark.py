@@ -15,6 +15,8 @@ Rows (``methods``):
   step index, the paper's): intervals 2-5 x orders 1-4 (quick: interval 3, order 2);
 - ``ab_forecast`` with ``points=7`` (this project's least-squares extension, ``AdamsBashforth.points``): order 4
   fitted over the last 7 computed outputs, intervals 2-5 (quick: 3);
+- ``ab_forecast`` with ``points=7`` and ``warmup=1`` at interval 3: the same NFE (34), but the schedule computes
+  the last step, whose prediction is the sample (a full run only);
 - ``ab_forecast`` with ``where=layers``: the same fit at interval 3 on the layer stack's residual, the embedding
   and the heads run at every step (nearer the paper's placement; its ``nfe`` is 100, since the first layer runs
   at every step, and its saving shows in FLOPs; a full run only);
@@ -69,6 +71,9 @@ SIZE_SEED, NOISE_SEED = 11, 12
 AB_GRID = ([(3, 2)], [(k, m) for k in (2, 3, 4, 5) for m in (1, 2, 3, 4)])
 #: (interval, order, points) of the least-squares AB rows (quick, full)
 AB_FIT_GRID = ([(3, 4, 7)], [(k, 4, 7) for k in (2, 3, 4, 5)])
+#: (interval, order, points) of least-squares rows with a warm-up of 1 step, whose schedule at interval 3 of
+#: 100 steps ends on the last step (its prediction is the sample) at the same NFE as a warm-up of 2
+AB_FIT_LAST_GRID = ([], [(3, 4, 7)])
 #: (interval, order, points) of the rows that forecast the layer stack (where="layers")
 AB_LAYERS_GRID = ([], [(3, 4, 7)])
 AB_TIMED_GRID = ([], [(3, 2), (3, 3)])
@@ -233,6 +238,8 @@ class MoleculeBenchmark:
         q = 0 if quick else 1
         rows = [policy_row("ab_forecast", ab_forecast, interval=k, order=m) for k, m in AB_GRID[q]]
         rows += [policy_row("ab_forecast", ab_forecast, interval=k, order=m, points=p) for k, m, p in AB_FIT_GRID[q]]
+        rows += [policy_row("ab_forecast", ab_forecast, interval=k, order=m, points=p, warmup=1)
+                 for k, m, p in AB_FIT_LAST_GRID[q]]
         rows += [policy_row("ab_forecast", ab_forecast, interval=k, order=m, points=p, where="layers")
                  for k, m, p in AB_LAYERS_GRID[q]]
         rows += [policy_row("ab_forecast_timed", ab_forecast_timed, interval=k, order=m) for k, m in AB_TIMED_GRID[q]]

@@ -72,6 +72,9 @@ def ab_forecast(
     self-conditioned outputs alternate between steps, as the reference model's do late in sampling,
     ``order=4, points=7`` halves the quality AB loses at interval 3 (see ADAPTER.md).
 
+    The last step's prediction is the sample: a schedule that computes it (``warmup=1`` at interval 3 of
+    100 steps, or ``cooldown=1``) keeps the geometry (ADAPTER.md: "Compute the last step").
+
     ``where``: ``"output"`` (default) forecasts the output dict; ``"layers"`` the layer stack's
     residual, with the embedding and heads run at every step (see the module docstring).
 

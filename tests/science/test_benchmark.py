@@ -7,7 +7,7 @@ import pytest
 import torch
 from forecache.core.bench.discovery import benchmarks
 from forecache.core.bench.runner import run_benchmark
-from forecache.science.benchmark import MoleculeBenchmark, schedule_nfe
+from forecache.science.benchmark import WARMUP, MoleculeBenchmark, schedule_nfe
 from forecache.science.model import MoleculeEGNN
 
 from .tiny import TINY
@@ -28,6 +28,13 @@ def test_quick_rows_are_a_subset(result):
     quick = [(m.name, m.params) for m in bench.methods(quick=True)]
     assert {name for name, _ in quick} == {"ab_forecast", "fewer_steps"}
     assert all(row in [(m.name, m.params) for m in bench.methods(quick=False)] for row in quick)
+
+
+def test_warmup_one_row_has_the_nfe_of_warmup_two_at_interval_three():
+    # at 100 steps, warm-up 1 then one step in 3 computes steps 0, 3, ..., 99: the last step, same NFE
+    assert schedule_nfe(3, 100, warmup=1) == schedule_nfe(3, 100) == 34
+    labels = [m.label for m in MoleculeBenchmark(model=MoleculeEGNN(TINY), sizes={3: 1}).methods(quick=False)]
+    assert "ab_forecast(interval=3,order=4,points=7,warmup=1)" in labels
 
 
 def test_run_has_the_schema(result):
@@ -61,7 +68,7 @@ def test_equal_nfe_rows_have_the_nfe_they_claim(result):
             assert nfe == STEPS
             assert base_flops * schedule_nfe(row["params"]["interval"], STEPS) / STEPS < row["flops"] < base_flops
         else:  # a cached row computes at least its schedule (the guard may add computes)
-            assert nfe >= schedule_nfe(row["params"]["interval"], STEPS)
+            assert nfe >= schedule_nfe(row["params"]["interval"], STEPS, row["params"].get("warmup", WARMUP))
             assert row["metrics"]["nfe"] * base_flops / STEPS == pytest.approx(row["flops"], rel=1e-6)
     ab = next(row for row in r["runs"] if row["method"] == "ab_forecast" and row["params"] == {"interval": 3, "order": 2})
     fewer = next(row for row in r["runs"] if row["method"] == "fewer_steps"
