@@ -69,13 +69,15 @@ BATCH = 32
 SIZE_SEED, NOISE_SEED = 11, 12
 #: (interval, order) grids (quick, full)
 AB_GRID = ([(3, 2)], [(k, m) for k in (2, 3, 4, 5) for m in (1, 2, 3, 4)])
-#: (interval, order, points) of the least-squares AB rows (quick, full)
-AB_FIT_GRID = ([(3, 4, 7)], [(k, 4, 7) for k in (2, 3, 4, 5)])
-#: (interval, order, points) of least-squares rows with a warm-up of 1 step, whose schedule at interval 3 of
-#: 100 steps ends on the last step (its prediction is the sample) at the same NFE as a warm-up of 2
-AB_FIT_LAST_GRID = ([], [(3, 4, 7)])
-#: (interval, order, points) of the rows that forecast the layer stack (where="layers")
-AB_LAYERS_GRID = ([], [(3, 4, 7)])
+#: ``ab_forecast`` options of the least-squares AB rows (quick, full). The full run adds, at interval 3, a
+#: warm-up of 1 step, whose schedule of 100 steps ends on the last step (its prediction is the sample) at the
+#: same NFE as a warm-up of 2, and the forecast of the layer stack (where="layers")
+_FIT = {"order": 4, "points": 7}
+AB_FIT_GRID = (
+    [{"interval": 3, **_FIT}],
+    [{"interval": k, **_FIT} for k in (2, 3, 4, 5)]
+    + [{"interval": 3, **_FIT, "warmup": 1}, {"interval": 3, **_FIT, "where": "layers"}],
+)
 AB_TIMED_GRID = ([], [(3, 2), (3, 3)])
 TAYLOR_GRID = ([], [(3, 1), (3, 2)])
 FEWER_STEPS_INTERVALS = ((3,), (2, 3, 4, 5))
@@ -237,11 +239,7 @@ class MoleculeBenchmark:
     def methods(self, quick: bool) -> list[Method]:
         q = 0 if quick else 1
         rows = [policy_row("ab_forecast", ab_forecast, interval=k, order=m) for k, m in AB_GRID[q]]
-        rows += [policy_row("ab_forecast", ab_forecast, interval=k, order=m, points=p) for k, m, p in AB_FIT_GRID[q]]
-        rows += [policy_row("ab_forecast", ab_forecast, interval=k, order=m, points=p, warmup=1)
-                 for k, m, p in AB_FIT_LAST_GRID[q]]
-        rows += [policy_row("ab_forecast", ab_forecast, interval=k, order=m, points=p, where="layers")
-                 for k, m, p in AB_LAYERS_GRID[q]]
+        rows += [policy_row("ab_forecast", ab_forecast, **options) for options in AB_FIT_GRID[q]]
         rows += [policy_row("ab_forecast_timed", ab_forecast_timed, interval=k, order=m) for k, m in AB_TIMED_GRID[q]]
         rows += [policy_row("taylor_forecast", taylor_forecast, interval=k, order=m) for k, m in TAYLOR_GRID[q]]
         rows += [fewer_steps_row(schedule_nfe(k, self.steps), note=f"the NFE of interval {k}'s schedule")
