@@ -20,6 +20,8 @@ Rows (``methods``):
 - ``ab_forecast`` with ``where=layers``: the same fit at interval 3 on the layer stack's residual, the embedding
   and the heads run at every step (nearer the paper's placement; its ``nfe`` is 100, since the first layer runs
   at every step, and its saving shows in FLOPs; a full run only);
+- ``ab_forecast`` on a sampler grid twice as fine (``steps=199``): interval 6 with a warm-up of 1, which computes
+  steps 0, 6, ..., 198 (34 NFE, the last step included), the fit (also in a quick run) and AB of order 2;
 - ``ab_forecast_timed`` (weights from the real times): on this linear grid it equals ``ab_forecast``, so only
   interval 3, orders 2 and 3, as a check (a full run only);
 - ``taylor_forecast`` (TaylorSeer, arXiv 2503.06923): interval 3, orders 1 and 2 (a full run only: ``Taylor(1)`` is
@@ -78,6 +80,11 @@ AB_FIT_GRID = (
     [{"interval": k, **_FIT} for k in (2, 3, 4, 5)]
     + [{"interval": 3, **_FIT, "warmup": 1}, {"interval": 3, **_FIT, "where": "layers"}],
 )
+#: ``ab_forecast`` options of the rows on a sampler grid twice as fine, ``2 * steps - 1`` steps (199 for 100):
+#: interval 6 with a warm-up of 1 step computes steps 0, 6, ..., 198, the last one, at the NFE of interval 3 on
+#: the baseline's grid (34), and the forecasts in between integrate the path in steps half as long
+AB_FINE_GRID = ([{"interval": 6, **_FIT, "warmup": 1}],
+                [{"interval": 6, **_FIT, "warmup": 1}, {"interval": 6, "order": 2, "warmup": 1}])
 AB_TIMED_GRID = ([], [(3, 2), (3, 3)])
 TAYLOR_GRID = ([], [(3, 1), (3, 2)])
 FEWER_STEPS_INTERVALS = ((3,), (2, 3, 4, 5))
@@ -134,13 +141,14 @@ class Enabled:
         return self.handle.stats().as_dict() if self.handle is not None else {"steps": self.steps}
 
 
-def policy_row(name: str, make, **params) -> Method:
-    """A forecache preset as a row: cached with the molecule adapter, driven by the sampler."""
+def policy_row(name: str, make, steps: int | None = None, **params) -> Method:
+    """A forecache preset as a row: cached with the molecule adapter, driven by the sampler (with ``steps``
+    sampler steps instead of the baseline's, if given; the label then shows them)."""
 
     def enable(target: Sampling, count_flops: bool = True) -> Enabled:
-        return target.use(handle=cache_model(target.model, make(**params), count_flops=count_flops))
+        return target.use(steps=steps, handle=cache_model(target.model, make(**params), count_flops=count_flops))
 
-    return Method(name=name, params=params, enable=enable)
+    return Method(name=name, params={**params, "steps": steps} if steps else params, enable=enable)
 
 
 def fewer_steps_row(steps: int, note: str = "") -> Method:
@@ -240,6 +248,7 @@ class MoleculeBenchmark:
         q = 0 if quick else 1
         rows = [policy_row("ab_forecast", ab_forecast, interval=k, order=m) for k, m in AB_GRID[q]]
         rows += [policy_row("ab_forecast", ab_forecast, **options) for options in AB_FIT_GRID[q]]
+        rows += [policy_row("ab_forecast", ab_forecast, steps=2 * self.steps - 1, **options) for options in AB_FINE_GRID[q]]
         rows += [policy_row("ab_forecast_timed", ab_forecast_timed, interval=k, order=m) for k, m in AB_TIMED_GRID[q]]
         rows += [policy_row("taylor_forecast", taylor_forecast, interval=k, order=m) for k, m in TAYLOR_GRID[q]]
         rows += [fewer_steps_row(schedule_nfe(k, self.steps), note=f"the NFE of interval {k}'s schedule")

@@ -75,6 +75,11 @@ def ab_forecast(
     The last step's prediction is the sample: a schedule that computes it (``warmup=1`` at interval 3 of
     100 steps, or ``cooldown=1``) keeps the geometry (ADAPTER.md: "Compute the last step").
 
+    A forecast step costs no network evaluation, so a finer sampler grid at a longer interval keeps the
+    evaluations and shortens the steps between them: ``sample(..., steps=199)`` with ``interval=6, order=4,
+    points=7, warmup=1`` computes steps 0, 6, ..., 198 (34 evaluations, the last step included), and on the
+    reference model it keeps the 100-step quality (ADAPTER.md: "Forecasts on a finer grid").
+
     ``where``: ``"output"`` (default) forecasts the output dict; ``"layers"`` the layer stack's
     residual, with the embedding and heads run at every step (see the module docstring).
 

@@ -37,6 +37,23 @@ def test_warmup_one_row_has_the_nfe_of_warmup_two_at_interval_three():
     assert "ab_forecast(interval=3,order=4,points=7,warmup=1)" in labels
 
 
+def test_fine_grid_rows_compute_the_last_step_at_the_nfe_of_interval_three():
+    # 199 steps, warm-up 1, then one step in 6: steps 0, 6, ..., 198 (the last), as many as interval 3 on 100
+    assert schedule_nfe(6, 199, warmup=1) == schedule_nfe(3, 100) == 34 and 198 % 6 == 0
+    rows = {m.label: m for m in MoleculeBenchmark(model=MoleculeEGNN(TINY), sizes={3: 1}).methods(quick=True)}
+    assert rows["ab_forecast(interval=6,order=4,points=7,warmup=1,steps=199)"].params["steps"] == 199
+
+
+def test_fine_grid_row_samples_its_own_steps_and_restores_the_baseline(result):
+    bench, r = result
+    fine = [row for row in r["runs"] if row["params"].get("steps") and row["method"] == "ab_forecast"]
+    assert {row["params"]["steps"] for row in fine} == {2 * STEPS - 1} and len(fine) == 2
+    for row in fine:  # the handle saw every one of the finer grid's steps, and computed only its schedule
+        assert row["stats"]["calls"] == row["stats"]["generations"] * (2 * STEPS - 1)
+        assert row["metrics"]["nfe"] == pytest.approx(schedule_nfe(6, 2 * STEPS - 1, warmup=1))
+    assert bench.sampling.steps == STEPS and bench.sampling.handle is None
+
+
 def test_run_has_the_schema(result):
     _, r = result
     assert r["schema"] == 1 and r["domain"] == "science" and r["benchmark"] == "molecules"
@@ -68,7 +85,8 @@ def test_equal_nfe_rows_have_the_nfe_they_claim(result):
             assert nfe == STEPS
             assert base_flops * schedule_nfe(row["params"]["interval"], STEPS) / STEPS < row["flops"] < base_flops
         else:  # a cached row computes at least its schedule (the guard may add computes)
-            assert nfe >= schedule_nfe(row["params"]["interval"], STEPS, row["params"].get("warmup", WARMUP))
+            steps = row["params"].get("steps", STEPS)
+            assert nfe >= schedule_nfe(row["params"]["interval"], steps, row["params"].get("warmup", WARMUP))
             assert row["metrics"]["nfe"] * base_flops / STEPS == pytest.approx(row["flops"], rel=1e-6)
     ab = next(row for row in r["runs"] if row["method"] == "ab_forecast" and row["params"] == {"interval": 3, "order": 2})
     fewer = next(row for row in r["runs"] if row["method"] == "fewer_steps"
