@@ -248,7 +248,8 @@ class MoleculeBenchmark:
         q = 0 if quick else 1
         rows = [policy_row("ab_forecast", ab_forecast, interval=k, order=m) for k, m in AB_GRID[q]]
         rows += [policy_row("ab_forecast", ab_forecast, **options) for options in AB_FIT_GRID[q]]
-        rows += [policy_row("ab_forecast", ab_forecast, steps=2 * self.steps - 1, **options) for options in AB_FINE_GRID[q]]
+        rows += [policy_row("ab_forecast", ab_forecast, steps=2 * self.steps - 1, **options)
+                 for options in AB_FINE_GRID[q]]
         rows += [policy_row("ab_forecast_timed", ab_forecast_timed, interval=k, order=m) for k, m in AB_TIMED_GRID[q]]
         rows += [policy_row("taylor_forecast", taylor_forecast, interval=k, order=m) for k, m in TAYLOR_GRID[q]]
         rows += [fewer_steps_row(schedule_nfe(k, self.steps), note=f"the NFE of interval {k}'s schedule")

@@ -30,18 +30,16 @@ def test_quick_rows_are_a_subset(result):
     assert all(row in [(m.name, m.params) for m in bench.methods(quick=False)] for row in quick)
 
 
-def test_warmup_one_row_has_the_nfe_of_warmup_two_at_interval_three():
-    # at 100 steps, warm-up 1 then one step in 3 computes steps 0, 3, ..., 99: the last step, same NFE
-    assert schedule_nfe(3, 100, warmup=1) == schedule_nfe(3, 100) == 34
-    labels = [m.label for m in MoleculeBenchmark(model=MoleculeEGNN(TINY), sizes={3: 1}).methods(quick=False)]
-    assert "ab_forecast(interval=3,order=4,points=7,warmup=1)" in labels
-
-
-def test_fine_grid_rows_compute_the_last_step_at_the_nfe_of_interval_three():
-    # 199 steps, warm-up 1, then one step in 6: steps 0, 6, ..., 198 (the last), as many as interval 3 on 100
-    assert schedule_nfe(6, 199, warmup=1) == schedule_nfe(3, 100) == 34 and 198 % 6 == 0
-    rows = {m.label: m for m in MoleculeBenchmark(model=MoleculeEGNN(TINY), sizes={3: 1}).methods(quick=True)}
-    assert rows["ab_forecast(interval=6,order=4,points=7,warmup=1,steps=199)"].params["steps"] == 199
+@pytest.mark.parametrize("interval, steps, quick, label", [
+    # warm-up 1, then one step in 3 of 100: steps 0, 3, ..., 99, the last, at the NFE of a warm-up of 2
+    (3, 100, False, "ab_forecast(interval=3,order=4,points=7,warmup=1)"),
+    # one step in 6 of 199: steps 0, 6, ..., 198, the last, as many as interval 3 on 100
+    (6, 199, True, "ab_forecast(interval=6,order=4,points=7,warmup=1,steps=199)"),
+])
+def test_warmup_one_rows_compute_the_last_step_at_the_nfe_of_interval_three(interval, steps, quick, label):
+    assert schedule_nfe(interval, steps, warmup=1) == schedule_nfe(3, 100) == 34 and (steps - 1) % interval == 0
+    bench = MoleculeBenchmark(model=MoleculeEGNN(TINY), sizes={3: 1})
+    assert label in [m.label for m in bench.methods(quick=quick)]
 
 
 def test_fine_grid_row_samples_its_own_steps_and_restores_the_baseline(result):
