@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import textwrap
 
 from .calibration import command as calibration_command
 
 
-def _presets(_: argparse.Namespace) -> int:
-    from .presets import PRESETS
+def _presets(args: argparse.Namespace) -> int:
+    """Every registered preset (all installed domains, or ``--domain``), grouped by domain: name,
+    strength knob (``-``: none to search) and the first sentence of its docstring (the paper)."""
+    from .presets.registry import PresetInfo, preset_infos
 
-    width = max(map(len, PRESETS))
-    for name, preset in PRESETS.items():
-        summary = (preset.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<{width}}  {summary}")
+    try:
+        found = preset_infos(args.domain)
+    except ValueError as error:
+        raise SystemExit(f"forecache presets: {error}") from None
+    by_domain: dict[str, list[PresetInfo]] = {}
+    for info in found.values():
+        by_domain.setdefault(info.domain, []).append(info)
+    width = max(map(len, found))
+    knob_width = max(len(info.knob or "-") for info in found.values())
+    indent = " " * (2 + width + 2 + knob_width + 2)
+    columns = max(shutil.get_terminal_size((100, 24)).columns, len(indent) + 40)
+    for domain in sorted(by_domain, key=lambda d: (d != "core", d)):  # core first, then the domains
+        print(domain)
+        for info in by_domain[domain]:
+            head = f"  {info.name:<{width}}  {info.knob or '-':<{knob_width}}  "
+            print(textwrap.fill(info.summary, columns, initial_indent=head, subsequent_indent=indent,
+                                break_on_hyphens=False, break_long_words=False))
     return 0
 
 
@@ -49,7 +66,9 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="forecache", description="Training-free diffusion caching.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("presets", help="list the named methods and their papers").set_defaults(run=_presets)
+    presets = sub.add_parser("presets", help="list the named methods of every installed domain: knob and paper")
+    presets.add_argument("--domain", help="only this domain's presets (e.g. core, science, dllm)")
+    presets.set_defaults(run=_presets)
     calibration_command.add_parser(sub)
     bench = sub.add_parser("bench", help="benchmark a domain's methods and peers against the uncached model")
     bench.add_argument("domain", help="a domain with registered benchmarks (e.g. core), or 'all'")

@@ -1,7 +1,9 @@
 """Cache presets by name, for callers that pick a cache from a string (the lm-eval model's ``cache=NAME``).
 
 Each name maps to the preset function that builds the ``CachePolicy`` (``None``: uncached); the preset's
-arguments are the knobs a caller may set (``prompt_interval=50,rho=0.25`` for ``dllm_cache``):
+arguments are the knobs a caller may set (``prompt_interval=50,rho=0.25`` for ``dllm_cache``). The names are
+the dllm presets of core's registry (``forecache presets --domain dllm``) that build a ``CachePolicy``
+(``fast_dllm`` builds sampler settings, not a cache):
 
 - ``dllm_cache``: dLLM-Cache (arXiv 2506.06295), :func:`forecache.dllm.dllm_cache.dllm_cache`;
 - ``fast_dllm_cache``: Fast-dLLM's dual cache (arXiv 2505.22618) with dLLM-Cache's long prompt interval,
@@ -14,14 +16,19 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from forecache.core.presets.registry import preset_infos
+
+from . import combined, dllm_cache  # noqa: F401  (their imports register the presets read below)
 from .cache_protocol import CachePolicy
-from .combined import fast_dllm_cache
-from .dllm_cache import dllm_cache
 
 __all__ = ["CACHE_PRESETS", "resolve_cache"]
 
+# discover=False: the imports above registered dllm's presets; loading the entry points would only import
+# the other domains (and their dependencies), whose presets the domain filter drops
 CACHE_PRESETS: dict[str, Callable[..., CachePolicy] | None] = {
-    "none": None, "dllm_cache": dllm_cache, "fast_dllm_cache": fast_dllm_cache,
+    "none": None,
+    **{name: info.function for name, info in preset_infos("dllm", discover=False).items()
+       if issubclass(info.returns, CachePolicy)},
 }
 """``cache=NAME`` -> the preset that builds the policy (``None``: uncached). Knobs are the preset's arguments."""
 

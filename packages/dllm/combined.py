@@ -51,6 +51,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from forecache.core.presets.registry import preset
+
 from .cached_layers import CachedLayers, check_model, columns
 from .feature_store import take_tokens
 from .model import LayerRunner, LLaDABlock
@@ -105,6 +107,7 @@ class CombinedCache:
         return CombinedCacheState(self, model, prompt_length, gen_length, block_length)
 
 
+@preset(domain="dllm")
 def fast_dllm_cache(
     prompt_interval: int = 20, span: str = "block", refresh_interval: int = 1, rho: float = 0.0
 ) -> CombinedCache:

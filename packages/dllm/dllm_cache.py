@@ -56,6 +56,8 @@ from typing import Any
 
 from torch import nn
 
+from forecache.core.presets.registry import preset
+
 from .cached_layers import check_model
 from .dllm_cache_state import DllmCacheState
 from .v_verify import least_similar
@@ -164,6 +166,7 @@ class DllmCache:
         return DllmCacheState(self, model, prompt_length, gen_length, block_length)
 
 
+@preset(domain="dllm")
 def dllm_cache(
     prompt_interval: int = 50, response_interval: int = 7, rho: float = 0.25, **options: Any
 ) -> DllmCache:

@@ -15,10 +15,10 @@ bisects geometrically (thresholds span decades):
 The answer is the probe closest to the target within the tolerance (the smaller threshold on a tie); else the
 least aggressive probe that reaches the target; else (``met=False``) the cheapest probe.
 
-Why not :func:`forecache.core.calibration.search_knob`: it searches a core preset's knob by name (``PRESETS``,
-``KNOB_NAMES``) and runs it through core's ``apply()`` handles and their ``stats()``; dLLM-Cache is a sampler
-``CachePolicy`` that core does not know (core imports no domain), and its compute fraction comes from the
-cache state's own ``stats()``. Core's bracketing loop is private to that module, so this is the same idea,
+Why not :func:`forecache.core.calibration.search_knob`: it searches the knob a registered preset declares
+(``@preset(knob=...)``) and runs the preset's core ``Policy`` through core's ``apply()`` handles and their
+``stats()``; dLLM-Cache is a sampler ``CachePolicy`` that core's ``apply()`` does not run, and its compute
+fraction comes from the cache state's own ``stats()``. Core's bracketing loop is private to that module, so this is the same idea,
 written for this policy.
 """
 

@@ -34,6 +34,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from forecache.core.presets.registry import preset
+
 from .model import LayerRunner, LLaDABlock
 
 CacheKind = Literal["dual", "prefix"]
@@ -211,6 +213,7 @@ class FastDllm:
                 "block_length": self.block_length}
 
 
+@preset(domain="dllm")
 def fast_dllm(
     threshold: float | None = 0.9, cache: CacheKind | None = "dual", factor: float | None = None,
     block_length: int = 32,

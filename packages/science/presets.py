@@ -18,12 +18,17 @@ Every preset computes the first ``warmup`` steps, then one step in ``interval``,
 chemistry guard (``forecache.science.guards.MoleculeGuard``) vetoes implausible forecasts unless
 ``guard=None``. Extra keyword options go to ``forecache.core.Policy`` (``storage_dtype``,
 ``max_cache_bytes``).
+
+Each preset registers in core's registry with ``interval`` as its strength knob (the
+``forecache.presets`` entry point names this module), so ``forecache presets --domain science``
+lists them and ``forecache.core.calibration.search_knob`` searches their interval.
 """
 
 from __future__ import annotations
 
 from forecache.core import Blocks, ModelOutput, Policy
 from forecache.core.forecasters import AdamsBashforth, Taylor
+from forecache.core.presets.registry import preset
 from forecache.core.triggers.interval import Interval
 
 from .guards import MoleculeGuard
@@ -49,6 +54,7 @@ def _policy(name: str, paper: str, interval: int, warmup: int, cooldown: int, wh
     )
 
 
+@preset(domain="science", knob="interval")
 def ab_forecast(
     interval: int = 3,
     order: int = 2,
@@ -93,6 +99,7 @@ def ab_forecast(
     )
 
 
+@preset(domain="science", knob="interval")
 def ab_forecast_timed(interval: int = 3, order: int = 2, **options) -> Policy:
     """Step-distance-aware Adams-Bashforth: :func:`ab_forecast` with the weights computed from the
     real time gaps of the grid (Lagrange extrapolation in ``t``), exact for outputs that are
@@ -102,6 +109,7 @@ def ab_forecast_timed(interval: int = 3, order: int = 2, **options) -> Policy:
     return ab_forecast(interval, order, basis="time", **options)
 
 
+@preset(domain="science", knob="interval")
 def taylor_forecast(
     interval: int = 3,
     order: int = 1,

@@ -22,14 +22,14 @@ from .calibrate import FITTED_METHODS, calibrate
 from .fidelity import psnr
 from .fit_magcache import fit_magcache
 from .fit_teacache import TEACACHE_DEGREE, TeaCachePolynomial, fit_teacache
-from .knobs import KNOB_NAMES, Knob, knob_for
+from .knobs import Knob, knob_for, knob_names
 from .profile import PROFILE_VERSION, Profile
 from .recording import Recorder, Recording, StepPoint, Trajectory, record
 from .search import Evaluation, SearchConfig, SearchResult, search_knob
 
 __all__ = [
-    "FITTED_METHODS", "KNOB_NAMES", "PROFILE_VERSION", "TEACACHE_DEGREE",
+    "FITTED_METHODS", "PROFILE_VERSION", "TEACACHE_DEGREE",
     "Evaluation", "Knob", "Profile", "Recorder", "Recording", "SearchConfig", "SearchResult",
     "StepPoint", "TeaCachePolynomial", "Trajectory",
-    "calibrate", "fit_magcache", "fit_teacache", "knob_for", "psnr", "record", "search_knob",
+    "calibrate", "fit_magcache", "fit_teacache", "knob_for", "knob_names", "psnr", "record", "search_knob",
 ]

@@ -12,7 +12,7 @@ from torch import nn
 from ..adapters.base import Adapter
 from .fit_magcache import fit_magcache
 from .fit_teacache import TEACACHE_DEGREE, fit_teacache
-from .knobs import KNOB_NAMES, knob_for
+from .knobs import knob_for
 from .profile import Profile
 from .recording import Generate, as_generations, record
 from .search import Fidelity, SearchConfig, search_knob
@@ -60,7 +60,7 @@ def calibrate(
     diffusers scheduler.
     """
     gens = as_generations(generate)
-    if method not in FITTED_METHODS and method not in KNOB_NAMES:
+    if method not in FITTED_METHODS:
         knob_for(method)  # raises the precise error (unknown preset, or no knob)
     searching = target_ratio is not None or target_fidelity is not None
     if not searching and (method not in FITTED_METHODS or profile is not None):

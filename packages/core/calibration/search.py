@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters.base import Adapter
+from ..presets.registry import lookup
 from .knobs import Knob, knob_for
 from .recording import Generate, as_generations
 from .runs import run_policy, run_uncached
@@ -130,8 +131,6 @@ def search_knob(
     and what it achieved; ``met`` is False when the target was out of reach within the knob's range
     or the budget (the closest value found is returned, and a warning logged).
     """
-    from ..presets import PRESETS
-
     config = config or SearchConfig()
     config.validate()
     knob = knob_for(method)
@@ -152,7 +151,7 @@ def search_knob(
                          f"{len(gens)} generations; raise it to at least {2 * len(gens)}")
     if fidelity is not None and references is None:
         references = run_uncached(gens)
-    preset = PRESETS[method]
+    preset = lookup(method)  # any registered domain's preset: knob_for has checked it
     probes: dict[float, Evaluation] = {}
     grid: dict[str, Any] = {}
     bar = tqdm(total=max_probes, desc=f"search {method}.{knob.name}", unit="probe", disable=not progress)

@@ -17,8 +17,10 @@ from ..triggers.probe_residual import (
 from ..triggers.rel_l1 import RelativeL1
 from ..triggers.transform_rate import TransformRate
 from .profiled import accepts_profile
+from .registry import preset
 
 
+@preset(domain="core", knob="threshold")
 @accepts_profile
 def teacache(
     threshold: float = 0.4,
@@ -52,6 +54,7 @@ def teacache(
     )
 
 
+@preset(domain="core", knob="threshold")
 @accepts_profile
 def magcache(
     threshold: float = 0.24,
@@ -82,6 +85,7 @@ def magcache(
     )
 
 
+@preset(domain="core", knob="threshold")
 @accepts_profile
 def easycache(threshold: float = 0.05, warmup: int = 10, **options) -> Policy:
     """EasyCache: Training-Free Video Diffusion Acceleration via Runtime-Adaptive Caching (arXiv 2507.02860).
@@ -96,6 +100,7 @@ def easycache(threshold: float = 0.05, warmup: int = 10, **options) -> Policy:
     )
 
 
+@preset(domain="core", knob="threshold")
 @accepts_profile
 def fbcache(threshold: float = FBCACHE_FLUX_THRESHOLD, **options) -> Policy:
     """First-Block Cache (ParaAttention; the idea of TeaCache, arXiv 2411.19108, probed on the
@@ -111,6 +116,7 @@ def fbcache(threshold: float = FBCACHE_FLUX_THRESHOLD, **options) -> Policy:
     )
 
 
+@preset(domain="core", knob="threshold")
 @accepts_profile
 def dbcache(
     threshold: float = DBCACHE_DEFAULTS["threshold"],
@@ -134,6 +140,7 @@ def dbcache(
     )
 
 
+@preset(domain="core", knob="gamma")
 @accepts_profile
 def foresight(gamma: float = 0.5, warmup: int = 8, recalculate: int = 2, **options) -> Policy:
     """Foresight: Adaptive Layer Reuse for Accelerated and High-Quality Text-to-Video Generation

@@ -13,11 +13,13 @@ from ..selectors.submodules import Submodules
 from ..triggers.interval import Interval
 from ..triggers.speculative import Speculative
 from .profiled import accepts_profile
+from .registry import preset
 
 #: every layer's attention and MLP outputs, the granularity of TaylorSeer and its successors
 _LAYERS = Submodules(("attn", "mlp", "mlp_context"))
 
 
+@preset(domain="core", knob="interval")
 @accepts_profile
 def taylorseer(interval: int = 5, order: int = 2, warmup: int = 3, **options) -> Policy:
     """TaylorSeer: From Reusing to Forecasting (arXiv 2503.06923).
@@ -35,6 +37,7 @@ def taylorseer(interval: int = 5, order: int = 2, warmup: int = 3, **options) ->
     )
 
 
+@preset(domain="core", knob="interval")
 @accepts_profile
 def hicache(interval: int = 5, order: int = 2, sigma: float = 0.5, warmup: int = 3, **options) -> Policy:
     """HiCache: Hermite Polynomial-based Feature Caching (arXiv 2508.16984).
@@ -49,6 +52,7 @@ def hicache(interval: int = 5, order: int = 2, sigma: float = 0.5, warmup: int =
     )
 
 
+@preset(domain="core", knob="interval")
 @accepts_profile
 def abcache(interval: int = 3, order: int = 2, warmup: int = 2, **options) -> Policy:
     """AB-Cache: Adams-Bashforth Cached Feature Reuse (arXiv 2504.10540).
@@ -62,6 +66,7 @@ def abcache(interval: int = 3, order: int = 2, warmup: int = 2, **options) -> Po
     )
 
 
+@preset(domain="core", knob="interval")
 @accepts_profile
 def foca(interval: int = 5, warmup: int = 3, derivative_order: int = 1, **options) -> Policy:
     """FoCa: Forecast then Calibrate (arXiv 2508.16211).
@@ -75,6 +80,7 @@ def foca(interval: int = 5, warmup: int = 3, derivative_order: int = 1, **option
     )
 
 
+@preset(domain="core", knob="interval")
 @accepts_profile
 def freqca(interval: int = 5, warmup: int = 3, cutoff: float = 0.1, crf: bool = True, **options) -> Policy:
     """FreqCa: Frequency-Aware Caching (arXiv 2510.08669).
@@ -91,6 +97,7 @@ def freqca(interval: int = 5, warmup: int = 3, cutoff: float = 0.1, crf: bool = 
     )
 
 
+@preset(domain="core", knob="threshold")
 @accepts_profile
 def speca(
     threshold: float = 0.1,

@@ -12,8 +12,10 @@ from ..selectors.unet import UNetBranch
 from ..sites.tokens import TokenSelection
 from ..triggers.interval import Interval
 from .profiled import accepts_profile
+from .registry import preset
 
 
+@preset(domain="core", knob="interval")
 @accepts_profile
 def fora(interval: int = 3, warmup: int = 0, **options) -> Policy:
     """FORA: Fast-Forward Caching in Diffusion Transformer Acceleration (arXiv 2407.01425).
@@ -27,6 +29,7 @@ def fora(interval: int = 3, warmup: int = 0, **options) -> Policy:
     )
 
 
+@preset(domain="core", knob="interval")
 @accepts_profile
 def deepcache(interval: int = 3, branch: int = 0, **options) -> Policy:
     """DeepCache: Accelerating Diffusion Models for Free (arXiv 2312.00858), for diffusers UNets.
@@ -42,6 +45,7 @@ def deepcache(interval: int = 3, branch: int = 0, **options) -> Policy:
     )
 
 
+@preset(domain="core", knob="interval")
 @accepts_profile
 def delta_dit(interval: int = 3, boundary: float = 0.5, split: float = 0.5, **options) -> Policy:
     """Δ-DiT: A Training-Free Acceleration Method Tailored for Diffusion Transformers (arXiv 2406.01125).
@@ -69,13 +73,14 @@ class _FrontRear(Blocks):
         super().__init__(window=window)
         self.split, self.front = split, front
 
-    def build(self, handle, model, adapter, policy):
+    def build(self, runtime, model, adapter, policy):
         n = len(adapter.blocks(model))
         cut = min(max(1, round(n * self.split)), n - 1)
         self.start, self.stop = (0, cut) if self.front else (cut, None)
-        return super().build(handle, model, adapter, policy)
+        return super().build(runtime, model, adapter, policy)
 
 
+@preset(domain="core")
 def pab(
     spatial: int = 2,
     temporal: int = 4,
@@ -100,6 +105,7 @@ def pab(
     )
 
 
+@preset(domain="core", knob="interval")
 @accepts_profile
 def toca(interval: int = 4, ratio: float = 0.07, **options) -> Policy:
     """ToCa: Token-wise Feature Caching (arXiv 2410.05317).
@@ -116,6 +122,7 @@ def toca(interval: int = 4, ratio: float = 0.07, **options) -> Policy:
     )
 
 
+@preset(domain="core")
 def fastercache(
     attention_interval: int = 2,
     attention_window: tuple[float, float] = (0.0, 0.681),
