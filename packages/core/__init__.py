@@ -39,12 +39,15 @@ from .selectors.cfg import CfgBranch
 from .selectors.output import ModelOutput
 from .selectors.submodules import Submodules
 from .selectors.unet import UNetBranch
+from .runtime import Runtime
+from .sites.base import CallContext, Site, by_row, by_segment
 from .sites.tokens import TokenSelection
 from .storage import CacheBudgetError
 
 __all__ = [
-    "Adapter", "Block", "BlockIO", "Blocks", "CacheBudgetError", "CacheHandle", "CfgBranch", "ModelOutput", "PRESETS",
-    "Policy", "Submodules", "TokenSelection", "UNetBranch", "apply",
+    "Adapter", "Block", "BlockIO", "Blocks", "CacheBudgetError", "CacheHandle", "CallContext", "CfgBranch",
+    "ModelOutput", "PRESETS", "Policy", "Runtime", "Site", "Submodules", "TokenSelection", "UNetBranch", "apply",
+    "by_row", "by_segment",
     "abcache", "dbcache", "deepcache", "delta_dit", "easycache", "fastercache", "fbcache", "foca",
     "fora", "foresight", "freqca", "hicache", "magcache", "pab", "speca", "taylorseer", "teacache", "toca",
 ]

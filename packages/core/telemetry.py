@@ -22,12 +22,14 @@ class Decision:
     """``compute``; ``warmup`` (computed: not enough history to forecast); ``window`` (computed:
     outside the site's active time window); ``cached`` (reused or forecast). Two more follow a
     ``cached`` record of the same row and step and say it was computed after all: ``nonfinite``
-    (the forecast had NaN/Inf, so the whole step was recomputed), ``rejected`` (a verified
+    (the forecast had NaN/Inf, so the row was computed again), ``rejected`` (a verified
     forecast failed and the row was recomputed) and ``guarded`` (the site's guard vetoed the
     forecast, e.g. as physically implausible, and the row was computed; ``note`` says why)."""
     metric: float | None = None
     note: str | None = None
     """Why, in words, where a number does not say it (the guard's reason)."""
+    segment: object = 0
+    """The segment of the generation (a dLLM block, a world-model chunk), 0 when there is one."""
 
     COMPUTED = frozenset({"compute", "warmup", "window", "nonfinite", "rejected", "guarded"})
 

@@ -102,7 +102,7 @@ def test_a_real_flux_pipeline_call(pipe):
     assert torch.equal(a, b) and not torch.equal(a, ref)
     stats = handle.stats()
     assert stats.generations == 2 and 0 < stats.compute_ratio < 1
-    assert len(handle._schedule) == 20  # learnt from the scheduler
+    assert len(handle.clock.schedule) == 20  # learnt from the scheduler
     handle.remove()
     assert torch.equal(generate(pipe), ref)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +160,23 @@ class Adapter:
     def timestep(self, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | float | None:
         bound = call_arguments(model, args, kwargs)
         return next((bound[n] for n in self.timestep_args if bound.get(n) is not None), None)
+
+    def noise_level(self, t: float) -> float:
+        """The noise level of model time ``t``: 1 at pure noise, 0 at the data. Windows of presets
+        are stated in it. Default ``t / time_unit``; samplers whose time runs from noise at 0 (F5-TTS,
+        torchdiffeq-style flow matching) override it with ``1 - t``."""
+        return t / self.time_unit
+
+    def segment(self, model: nn.Module, args: tuple, kwargs: dict) -> Hashable | None:
+        """The segment a call belongs to (a chunk or frame index read from its arguments), when the
+        call says; a new key starts the next segment of the same generation. Default: ``None``
+        (segments come from ``handle.next_segment()`` or ``handle.step(t, segment=...)``)."""
+        return None
+
+    def must_compute(self, model: nn.Module, args: tuple, kwargs: dict) -> bool:
+        """True for a call that writes state (a clean pass filling a KV cache, a prefix pass): it
+        runs uncached, is never skipped and is no step of the clock. Default: False."""
+        return False
 
     def batch_size(self, model: nn.Module, args: tuple, kwargs: dict) -> int:
         bound = call_arguments(model, args, kwargs)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..handle import _OWNER
+from ..wrapping import OWNER as _OWNER
 from .protocol import Method
 
 __all__ = [

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..adapters.base import Adapter
-    from ..handle import CacheHandle
+    from ..runtime import Runtime
     from ..sites.base import Site
 
 
@@ -21,15 +21,23 @@ class Selector(abc.ABC):
 
     ``when`` / ``what`` override the policy's trigger and forecaster for this selector's sites,
     so one policy can mix granularities (PAB's per-module intervals, Δ-DiT's two stages).
-    ``window`` = (lo, hi) restricts caching to steps whose noise level (the timestep over the
-    adapter's ``time_unit``: 1 at pure noise, 0 at the data) lies in [lo, hi].
+    ``window`` = (lo, hi) restricts caching to steps whose noise level (the adapter's
+    ``noise_level(t)``: 1 at pure noise, 0 at the data) lies in [lo, hi].
     """
 
     when: Trigger | dict[str, Trigger] | None = None
     what: Forecaster | None = None
     window: tuple[float, float] | None = None
+    #: ``key(ctx, row) -> hashable``: the history each decision reads and writes (``None``: one per
+    #: CFG branch and row; ``forecache.core.sites.base.by_segment``: one per segment too)
+    key = None
 
     def validate(self) -> None:
+        if self.key is not None and not callable(self.key):
+            raise ValueError(
+                f"{type(self).__name__}.key={self.key!r} is not callable; pass key(ctx, row) -> hashable "
+                "(e.g. forecache.core.by_segment), or None for one history per branch and row"
+            )
         if self.window is not None:
             lo, hi = self.window
             if not lo <= hi:
@@ -38,7 +46,7 @@ class Selector(abc.ABC):
                 )
 
     @abc.abstractmethod
-    def build(self, handle: CacheHandle, model: nn.Module, adapter: Adapter, policy) -> list[Site]:
+    def build(self, runtime: Runtime, model: nn.Module, adapter: Adapter, policy) -> list[Site]:
         """The sites this selector places on ``model`` (not yet installed)."""
 
     def trigger_for(self, policy, adapter, role: str | None = None) -> Trigger:
@@ -54,6 +62,8 @@ class Selector(abc.ABC):
         for k, v in vars(self).items():
             if isinstance(v, (Trigger, Forecaster)):
                 v = {"type": type(v).__name__, **v.describe()}
+            elif callable(v):
+                v = getattr(v, "__name__", type(v).__name__)
             elif isinstance(v, dict):
                 v = {kk: {"type": type(vv).__name__, **vv.describe()} if isinstance(vv, Trigger) else vv for kk, vv in v.items()}
             out[k] = v

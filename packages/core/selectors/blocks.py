@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..forecasters.base import Forecaster
@@ -28,6 +29,7 @@ class Blocks(Selector):
     when: Trigger | None = None
     what: Forecaster | None = None
     window: tuple[float, float] | None = None
+    key: Callable | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -36,7 +38,7 @@ class Blocks(Selector):
         if self.per_block and (self.probe or self.tail):
             raise ValueError("Blocks(per_block=True) caches each block whole; set probe=0 and tail=0")
 
-    def build(self, handle, model, adapter, policy):
+    def build(self, runtime, model, adapter, policy):
         blocks = adapter.blocks(model)[self.start : self.stop]
         if not blocks:
             raise ValueError(
@@ -47,7 +49,7 @@ class Blocks(Selector):
         return [
             SpanSite(
                 f"blocks[{g[0].name}..{g[-1].name}]" if len(g) > 1 else g[0].name,
-                handle,
+                runtime,
                 adapter,
                 g,
                 self.trigger_for(policy, adapter),
@@ -55,6 +57,7 @@ class Blocks(Selector):
                 probe=self.probe,
                 tail=self.tail,
                 window=self.window,
+                key=self.key,
             )
             for g in groups
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..forecasters.base import Forecaster
@@ -28,6 +29,7 @@ class CfgBranch(Selector):
     when: Trigger | None = None
     what: Forecaster | None = None
     window: tuple[float, float] | None = None
+    key: Callable | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -38,11 +40,11 @@ class CfgBranch(Selector):
         if self.alpha_low <= 0 or self.alpha_high <= 0:
             raise ValueError("CfgBranch.alpha_low / alpha_high must be > 0 (FasterCache uses 1.1)")
 
-    def build(self, handle, model, adapter, policy):
+    def build(self, runtime, model, adapter, policy):
         return [
             CfgSite(
-                "cfg.uncond", handle, self.trigger_for(policy, adapter), self.forecaster_for(policy, adapter),
+                "cfg.uncond", runtime, self.trigger_for(policy, adapter), self.forecaster_for(policy, adapter),
                 layout=self.layout, uncond=self.uncond, alpha_low=self.alpha_low, alpha_high=self.alpha_high,
-                low_window=self.low_window, high_window=self.high_window, window=self.window,
+                low_window=self.low_window, high_window=self.high_window, window=self.window, key=self.key,
             )
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..forecasters.base import Forecaster
@@ -24,6 +25,7 @@ class ModelOutput(Selector):
     when: Trigger | None = None
     what: Forecaster | None = None
     window: tuple[float, float] | None = None
+    key: Callable | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -33,11 +35,11 @@ class ModelOutput(Selector):
                 "one reason or None per row, or None for no guard"
             )
 
-    def build(self, handle, model, adapter, policy):
+    def build(self, runtime, model, adapter, policy):
         return [
             OutputSite(
-                "output", handle, self.trigger_for(policy, adapter), self.forecaster_for(policy, adapter),
-                window=self.window, guard=self.guard,
+                "output", runtime, self.trigger_for(policy, adapter), self.forecaster_for(policy, adapter),
+                window=self.window, guard=self.guard, key=self.key,
             )
         ]
 

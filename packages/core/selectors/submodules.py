@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..forecasters.base import Forecaster
@@ -29,6 +30,7 @@ class Submodules(Selector):
     what: Forecaster | None = None
     window: tuple[float, float] | None = None
     tokens: TokenSelection | None = None
+    key: Callable | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -42,7 +44,7 @@ class Submodules(Selector):
             if extra:
                 raise ValueError(f"Submodules.when names roles {extra} that are not in roles={self.roles}")
 
-    def build(self, handle, model, adapter, policy):
+    def build(self, runtime, model, adapter, policy):
         sites = []
         chosen = pick(adapter.blocks(model), self.blocks, "Submodules.blocks")
         for layer, block in enumerate(chosen):
@@ -50,8 +52,8 @@ class Submodules(Selector):
             for role in self.roles:
                 if role not in found:
                     continue
-                args = (f"{block.name}.{role}", handle, found[role], self.trigger_for(policy, adapter, role), self.forecaster_for(policy, adapter))
-                common = {"window": self.window, "io": block.io}
+                args = (f"{block.name}.{role}", runtime, found[role], self.trigger_for(policy, adapter, role), self.forecaster_for(policy, adapter))
+                common = {"window": self.window, "io": block.io, "key": self.key}
                 if self.tokens is not None and role == "mlp":
                     site = TokenSite(*args, selection=self.tokens, layer=layer, layers=len(chosen), **common)
                 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..forecasters.base import Forecaster
@@ -18,8 +19,9 @@ class UNetBranch(Selector):
     when: Trigger | None = None
     what: Forecaster | None = None
     window: tuple[float, float] | None = None
+    key: Callable | None = None
 
-    def build(self, handle, model, adapter, policy):
+    def build(self, runtime, model, adapter, policy):
         for attr in ("down_blocks", "mid_block", "up_blocks"):
             if getattr(model, attr, None) is None:
                 raise ValueError(
@@ -28,7 +30,7 @@ class UNetBranch(Selector):
                 )
         return [
             UNetBranchSite(
-                f"unet.branch{self.branch}", handle, model, self.branch,
-                self.trigger_for(policy, adapter), self.forecaster_for(policy, adapter), self.window,
+                f"unet.branch{self.branch}", runtime, model, self.branch,
+                self.trigger_for(policy, adapter), self.forecaster_for(policy, adapter), self.window, self.key,
             )
         ]

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..rows import take_rows
+from ..runtime import model_key
 from .base import Site
 from .module import flatten, rebuild
 
 if TYPE_CHECKING:
-    from ..handle import CacheHandle
+    from ..runtime import Runtime
 
 
 def band_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +60,7 @@ class CfgSite(Site):
     def __init__(
         self,
         name: str,
-        handle: CacheHandle,
+        runtime: Runtime,
         trigger,
         forecaster,
         layout: str = "sequential",
@@ -69,13 +70,15 @@ class CfgSite(Site):
         low_window: tuple[float, float] = (0.099, 0.901),
         high_window: tuple[float, float] = (0.0, 0.301),
         window: tuple[float, float] | None = None,
+        key=None,
     ) -> None:
-        super().__init__(name, handle, trigger, forecaster, window)
+        super().__init__(name, runtime, trigger, forecaster, window, key)
         if layout not in ("sequential", "batched"):
             raise ValueError(f"CfgBranch.layout={layout!r}: use 'sequential' (two calls) or 'batched' (one call)")
         if uncond not in (0, 1):
             raise ValueError(f"CfgBranch.uncond={uncond}: the unconditional branch is 0 or 1")
         self.layout, self.uncond = layout, uncond
+        self.pairs_rows = layout == "batched"  # a row's uncond and cond halves only run together
         self.alpha = (alpha_low, alpha_high)
         self.band_windows = (low_window, high_window)
         self._cond: tuple | None = None
@@ -83,22 +86,21 @@ class CfgSite(Site):
     def install(self) -> None:
         """Root-level: the handle routes every model call through :meth:`intercept`."""
 
-    def remove(self) -> None:
-        self._cond = None
-
     def reset(self) -> None:
         super().reset()
         self._cond = None
 
     def intercept(self, call, *args, **kwargs) -> Any:
-        ctx = self.handle.context_for(self)
+        ctx = self.runtime.context(self)
+        if ctx is None:
+            return call(*args, **kwargs)
         if self.layout == "batched":
             return self._batched(ctx, call, args, kwargs)
         if ctx.branch != self.uncond:
             out = call(*args, **kwargs)
-            self._cond = (ctx.generation, ctx.step, *flatten(out))
+            self._cond = (ctx.generation, ctx.position, *flatten(out))
             return out
-        if self._cond is None or self._cond[:2] != (ctx.generation, ctx.step):
+        if self._cond is None or self._cond[:2] != (ctx.generation, ctx.position):
             return call(*args, **kwargs)  # no cond output of this step to rebuild from
         _, _, cond, template = self._cond
         plans = self.plan(ctx, cond[0])
@@ -109,7 +111,7 @@ class CfgSite(Site):
             self.observe(ctx, plans, cond[0], parts, tuple(u - c for u, c in zip(parts, cond)))
             self._restart_bands(ctx, len(plans))
             return out
-        self.handle.skipped(self.handle.model_key(args, kwargs), ctx.batch)
+        self.runtime.skipped(model_key(args, kwargs), ctx.batch)
         self.observe(ctx, plans, cond[0], None, None)
         return rebuild(template, tuple(c + d for c, d in zip(cond, self._scaled(ctx, plans))))
 
@@ -130,7 +132,7 @@ class CfgSite(Site):
             return out
         sub_args = take_rows(args, c_rows, ctx.batch)
         sub_kwargs = take_rows(kwargs, c_rows, ctx.batch)
-        self.handle.skipped(self.handle.model_key(args, kwargs), n)
+        self.runtime.skipped(model_key(args, kwargs), n)
         out = call(*sub_args, **sub_kwargs)
         cond, template = flatten(out)
         uncond = tuple(c + d for c, d in zip(cond, self._scaled(ctx, plans)))
@@ -151,7 +153,7 @@ class CfgSite(Site):
 
     def _scaled(self, ctx, plans) -> tuple[torch.Tensor, ...]:
         """The reused delta of every row, its bands scaled as FasterCache does."""
-        level = ctx.t / self.handle.adapter.time_unit
+        level = ctx.noise
         rows = []
         for r, p in enumerate(plans):
             ks = self.history(ctx, r).extra.setdefault("k", [0, 0])

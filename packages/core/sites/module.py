@@ -18,7 +18,7 @@ from ..rows import put_rows, slice_call
 from .base import CallContext, RowPlan, Site
 
 if TYPE_CHECKING:
-    from ..handle import CacheHandle
+    from ..runtime import Runtime
 
 
 _SLOT = object()  # where a tensor goes back when an output is rebuilt
@@ -66,28 +66,28 @@ class ModuleSite(Site):
     def __init__(
         self,
         name: str,
-        handle: CacheHandle,
+        runtime: Runtime,
         module: nn.Module,
         trigger,
         forecaster,
         window: tuple[float, float] | None = None,
         io: BlockIO = BlockIO(),
+        key=None,
     ) -> None:
-        super().__init__(name, handle, trigger, forecaster, window)
+        super().__init__(name, runtime, trigger, forecaster, window, key)
         self.module = module
         self.io = io  # the enclosing block's convention: which arguments carry no batch
         self._template: Any = None
         self._signature: inspect.Signature | None = None
 
     def install(self) -> None:
-        original = self.handle.wrap(self.module, self._call, self)
+        original = self.runtime.wrap(self.module, self._call, self)
         self._signature = inspect.signature(original)
 
-    def remove(self) -> None:
-        self.handle.unwrap(self.module)
-
     def _call(self, original, *args, **kwargs):
-        ctx = self.handle.context_for(self)
+        ctx = self.runtime.context(self)
+        if ctx is None:
+            return original(*args, **kwargs)
         bound = self._signature.bind(*args, **kwargs)
         x = next((v for v in bound.arguments.values() if torch.is_tensor(v)), None)
         if x is None:
@@ -102,11 +102,11 @@ class ModuleSite(Site):
 
     def _execute(self, ctx: CallContext, plans: list[RowPlan], original, bound, key) -> tuple[torch.Tensor, ...]:
         compute = torch.tensor([p.compute for p in plans])
-        meter, batch = self.handle.meter, ctx.batch
+        runtime, batch = self.runtime, ctx.batch
         if bool(compute.all()):
-            parts, self._template = flatten(meter.run(key, batch, lambda: original(*bound.args, **bound.kwargs)))
+            parts, self._template = flatten(runtime.run(key, batch, lambda: original(*bound.args, **bound.kwargs)))
             return parts
-        self.handle.skipped(key, int((~compute).sum()))
+        self.runtime.skipped(key, int((~compute).sum()))
         cached = [p.value for p in plans if not p.compute]
         forecast = tuple(torch.cat(c, dim=0) for c in zip(*cached))
         skip_idx = (~compute).nonzero().flatten()
@@ -114,7 +114,7 @@ class ModuleSite(Site):
             return forecast
         idx = compute.nonzero().flatten()
         args, kwargs = slice_call(bound, idx, batch, self.io)
-        fresh, self._template = flatten(meter.run(key, len(idx), lambda: original(*args, **kwargs)))
+        fresh, self._template = flatten(runtime.run(key, len(idx), lambda: original(*args, **kwargs)))
         out = []
         for f, c in zip(fresh, forecast):
             full = f.new_empty((batch, *f.shape[1:]))

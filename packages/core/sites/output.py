@@ -15,11 +15,12 @@ import torch
 
 from ..adapters.base import call_arguments
 from ..rows import put_rows, take_rows
+from ..runtime import model_key
 from .base import CallContext, Site
 from .module import flatten, rebuild
 
 if TYPE_CHECKING:
-    from ..handle import CacheHandle
+    from ..runtime import Runtime
 
 #: ``guard(output, arguments) -> one reason (str) or None per row``: ``output`` is the forecast of
 #: the rows in question rebuilt as the model returns it, ``arguments`` the model call's arguments by
@@ -40,13 +41,14 @@ class OutputSite(Site):
     def __init__(
         self,
         name: str,
-        handle: CacheHandle,
+        runtime: Runtime,
         trigger,
         forecaster,
         window: tuple[float, float] | None = None,
         guard: Guard | None = None,
+        key=None,
     ) -> None:
-        super().__init__(name, handle, trigger, forecaster, window)
+        super().__init__(name, runtime, trigger, forecaster, window, key)
         if trigger.signal not in (None, "input"):
             raise ValueError(
                 f"{type(trigger).__name__} needs the signal {trigger.signal!r}, which a whole-output "
@@ -60,11 +62,10 @@ class OutputSite(Site):
     def install(self) -> None:
         """Root-level: the handle routes every model call through :meth:`intercept`."""
 
-    def remove(self) -> None:
-        self._template = None
-
     def intercept(self, call: Callable, *args, **kwargs) -> Any:
-        ctx = self.handle.context_for(self)
+        ctx = self.runtime.context(self)
+        if ctx is None:
+            return call(*args, **kwargs)
         like = _first_tensor(args, kwargs)
         vet = None
         if self.guard is not None and self._template is not None:
@@ -77,13 +78,13 @@ class OutputSite(Site):
             self.observe(ctx, plans, like, parts, parts)
             return out
         skip = (~compute).nonzero().flatten()
-        self.handle.skipped(self.handle.model_key(args, kwargs), len(skip))
+        self.runtime.skipped(model_key(args, kwargs), len(skip))
         forecast = tuple(torch.cat(c, dim=0) for c in zip(*(p.value for p in plans if not p.compute)))
         if not bool(compute.any()):
             self.observe(ctx, plans, like, None, None)
             return rebuild(self._template, forecast)
         idx = compute.nonzero().flatten()
-        fresh, self._template = flatten(self.handle.on_rows(
+        fresh, self._template = flatten(self.runtime.on_rows(
             ctx, idx, lambda: call(*take_rows(args, idx, ctx.batch), **take_rows(kwargs, idx, ctx.batch))
         ))
         parts = []
@@ -97,7 +98,7 @@ class OutputSite(Site):
     def _vet(self, ctx: CallContext, rows: list[int], values: list, args: tuple, kwargs: dict) -> list:
         idx = torch.tensor(rows)
         output = rebuild(self._template, tuple(torch.cat(c, dim=0) for c in zip(*values)))
-        arguments = call_arguments(self.handle.model, args, kwargs)
+        arguments = call_arguments(self.runtime.model, args, kwargs)
         arguments.pop("self", None)
         reasons = self.guard(output, take_rows(arguments, idx, ctx.batch))
         if reasons is None or isinstance(reasons, str):

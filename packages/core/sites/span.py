@@ -22,7 +22,7 @@ from ..rows import put_rows, row, slice_call
 from .base import CallContext, RowPlan, Site
 
 if TYPE_CHECKING:
-    from ..handle import CacheHandle
+    from ..runtime import Runtime
 
 
 @dataclass
@@ -44,7 +44,7 @@ class SpanSite(Site):
     def __init__(
         self,
         name: str,
-        handle: CacheHandle,
+        runtime: Runtime,
         adapter: Adapter,
         blocks: list[Block],
         trigger,
@@ -52,8 +52,9 @@ class SpanSite(Site):
         probe: int = 0,
         tail: int = 0,
         window: tuple[float, float] | None = None,
+        key=None,
     ) -> None:
-        super().__init__(name, handle, trigger, forecaster, window)
+        super().__init__(name, runtime, trigger, forecaster, window, key)
         if probe < 0 or tail < 0:
             raise ValueError(f"probe={probe} and tail={tail} must be >= 0 (blocks that always run)")
         if probe + tail >= len(blocks):
@@ -81,11 +82,7 @@ class SpanSite(Site):
         self._verify_rows: dict[tuple[int, int], Any] = {}
 
     def install(self) -> None:
-        self._orig = [self.handle.wrap(b.module, partial(self._call, i), self) for i, b in enumerate(self.blocks)]
-
-    def remove(self) -> None:
-        for b in self.blocks:
-            self.handle.unwrap(b.module)
+        self._orig = [self.runtime.wrap(b.module, partial(self._call, i), self) for i, b in enumerate(self.blocks)]
 
     def reset(self) -> None:
         super().reset()
@@ -96,7 +93,9 @@ class SpanSite(Site):
 
     # -- the per-block wrapper -------------------------------------------------------------------
     def _call(self, i: int, original, *args, **kwargs):
-        ctx = self.handle.context_for(self)
+        ctx = self.runtime.context(self)
+        if ctx is None:
+            return original(*args, **kwargs)
         block = self.blocks[i]
         io = block.io
         bound = io.bind(self._orig[i], args, kwargs)
@@ -155,15 +154,15 @@ class SpanSite(Site):
         batch = self._pass.ctx.batch
         state = io.state_in(bound)
         key = (self.name, i, tuple(tuple(s.shape[1:]) for s in state if torch.is_tensor(s)))
-        meter = self.handle.meter
+        runtime = self.runtime
         if compute is None or bool(compute.all()):
-            return meter.run(key, batch, lambda: self._orig[i](*bound.args, **bound.kwargs))
-        self.handle.skipped(key, int((~compute).sum()))
+            return runtime.run(key, batch, lambda: self._orig[i](*bound.args, **bound.kwargs))
+        self.runtime.skipped(key, int((~compute).sum()))
         if not bool(compute.any()):
             return io.make_output(state)
         idx = compute.nonzero().flatten()
         args, kwargs = slice_call(bound, idx, batch, io)
-        part = io.state_out(meter.run(key, len(idx), lambda: self._orig[i](*args, **kwargs)))
+        part = io.state_out(runtime.run(key, len(idx), lambda: self._orig[i](*args, **kwargs)))
         return io.make_output(tuple(put_rows(s, idx, q) for s, q in zip(state, part)))
 
     def _rerun(self, idx: torch.Tensor, first: int, last: int, state: tuple[torch.Tensor, ...]):
@@ -178,7 +177,7 @@ class SpanSite(Site):
             args, kwargs = slice_call(rebound, idx, p.ctx.batch, io)
             part = io.state_out(self._orig[j](*args, **kwargs))
             key = (self.name, j, tuple(tuple(named[n].shape[1:]) for n in io.state))
-            self.handle.extra(key, len(idx))
+            self.runtime.extra(key, len(idx))
             named = {n: put_rows(named[n], idx, q) for n, q in zip(io.state, part)}
         return tuple(named.values())
 
@@ -196,16 +195,16 @@ class SpanSite(Site):
             hist = self._verify_history(ctx, r)
             if not hist.ready(self.forecaster):
                 rejected.append(r)
-                self.handle.record(self, ctx, r, "rejected", None)
+                self.runtime.record(self, ctx, r, "rejected", None)
                 continue
-            pred = hist.forecast(self.forecaster, ctx.t, span_out[0].dtype, span_out[0].device, ctx.step)[0]
+            pred = hist.forecast(self.forecaster, ctx.t, span_out[0].dtype, span_out[0].device, ctx.position)[0]
             real = row(span_out[0], r)
             pred = row(p.region_in[0], r) + pred
             err = float((pred - real).float().norm() / real.float().norm().clamp_min(1e-12))
-            err = self.handle.reduce(err)
+            err = self.runtime.reduce(err)
             if not self.trigger.verify(self.history(ctx, r).trigger_state, plan.obs, err):
                 rejected.append(r)
-                self.handle.record(self, ctx, r, "rejected", err)
+                self.runtime.record(self, ctx, r, "rejected", err)
         if rejected:
             idx = torch.tensor(rejected)
             io = self.blocks[-1].io
@@ -222,13 +221,13 @@ class SpanSite(Site):
         for r, plan in enumerate(plans):
             if plan.compute:
                 full = tuple(row(o, r) - row(p.region_in[i], r) for o, i in zip(span_out, self._span_at))
-                self._verify_history(ctx, r).record(ctx.step, ctx.t, full)
+                self._verify_history(ctx, r).record(ctx.position, ctx.t, full)
         return out
 
     def _verify_history(self, ctx: CallContext, r: int) -> RowHistory:
-        key = (ctx.branch, ctx.row_of(r))
+        key = self.key(ctx, r)
         if key not in self._verify_rows:
-            self._verify_rows[key] = RowHistory({}, self.handle.storage, self.forecaster.max_history)
+            self._verify_rows[key] = RowHistory({}, self.runtime.storage, self.forecaster.max_history)
         return self._verify_rows[key]
 
 

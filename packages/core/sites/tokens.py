@@ -91,7 +91,7 @@ class TokenSite(ModuleSite):
                 continue
             idx = self._select(hist, x[r : r + 1], k)
             fresh, _ = flatten(original(x[r : r + 1, idx]))
-            self.handle.extra(key, k / x.shape[1])
+            self.runtime.extra(key, k / x.shape[1])
             for c, f in enumerate(fresh):
                 parts[c][r, idx] = f[0].to(parts[c].dtype)
                 hist.values[-1][c][0, idx] = f[0].to(hist.values[-1][c].dtype)

@@ -20,12 +20,13 @@ from torch import nn
 from .base import Site
 
 if TYPE_CHECKING:
-    from ..handle import CacheHandle
+    from ..runtime import Runtime
 
 
 class UNetBranchSite(Site):
-    def __init__(self, name: str, handle: CacheHandle, unet: nn.Module, branch: int, trigger, forecaster, window=None):
-        super().__init__(name, handle, trigger, forecaster, window)
+    def __init__(self, name: str, runtime: Runtime, unet: nn.Module, branch: int, trigger, forecaster, window=None,
+                 key=None):
+        super().__init__(name, runtime, trigger, forecaster, window, key)
         downs, ups = list(unet.down_blocks), list(unet.up_blocks)
         if not 0 <= branch <= len(downs) - 2:
             raise ValueError(
@@ -42,14 +43,12 @@ class UNetBranchSite(Site):
         self._step_key = None
 
     def install(self) -> None:
-        self._orig = [self.handle.wrap(m, partial(self._call, k), self) for k, (_, m) in enumerate(self.deep)]
-
-    def remove(self) -> None:
-        for _, m in self.deep:
-            self.handle.unwrap(m)
+        self._orig = [self.runtime.wrap(m, partial(self._call, k), self) for k, (_, m) in enumerate(self.deep)]
 
     def _call(self, k: int, original, *args, **kwargs):
-        ctx = self.handle.context_for(self)
+        ctx = self.runtime.context(self)
+        if ctx is None:
+            return original(*args, **kwargs)
         sample = kwargs.get("hidden_states", args[0] if args else None)
         if k == 0:
             self._plans = self.plan(ctx, sample)
@@ -62,9 +61,9 @@ class UNetBranchSite(Site):
         name, module = self.deep[k]
         key = (self.name, name, tuple(sample.shape[1:]))
         if compute:
-            out = self.handle.meter.run(key, ctx.batch, lambda: original(*args, **kwargs))
+            out = self.runtime.run(key, ctx.batch, lambda: original(*args, **kwargs))
         else:
-            self.handle.skipped(key, ctx.batch)
+            self.runtime.skipped(key, ctx.batch)
             out = self._bypass(module, name, sample)
         if k == len(self.deep) - 1:
             if compute:
