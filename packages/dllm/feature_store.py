@@ -19,20 +19,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+# The token addressing lives in core (forecache.core.tokens), shared with every token-level cache; the names stay
+# importable from here. dLLM's ``put_tokens`` has always written in place (into the stores), so it is core's
+# ``put_tokens_``; core's own ``put_tokens`` returns a copy.
+from forecache.core.tokens.gather import changed_first, take_tokens
+from forecache.core.tokens.gather import put_tokens_ as put_tokens
 
-def take_tokens(t: Tensor, pos: Tensor, dim: int = 1) -> Tensor:
-    """Rows' tokens ``pos`` (B, n) of ``t``, whose token axis is ``dim``: (B, L, D) or (B, H, L, hd) -> n tokens."""
-    shape = [1] * t.dim()
-    shape[0], shape[dim] = pos.shape
-    index = pos.view(shape).expand(*t.shape[:dim], pos.shape[1], *t.shape[dim + 1 :])
-    return t.gather(dim, index)
-
-
-def put_tokens(t: Tensor, pos: Tensor, src: Tensor, dim: int = 1) -> None:
-    """Write ``src`` (``t``'s shape with n tokens on ``dim``) into ``t`` at each row's positions ``pos``, in place."""
-    shape = [1] * t.dim()
-    shape[0], shape[dim] = pos.shape
-    t.scatter_(dim, pos.view(shape).expand_as(src), src.to(t.dtype))
+__all__ = ["LayerFeatures", "changed_first", "put_tokens", "take_tokens"]
 
 
 @dataclass
@@ -75,15 +68,3 @@ class LayerFeatures:
     def nbytes(self) -> int:
         kept = (self.k, self.v, self.attn, self.ffn, self.q, self.x_in)
         return sum(t.numel() * t.element_size() for t in kept if t is not None)
-
-
-def changed_first(changed: Tensor) -> Tensor | None:
-    """Indices (B, m) into each row of ``changed`` (bool (B, n)): its flagged tokens first, m = the largest count.
-
-    Rows with fewer flagged tokens are filled up with unflagged ones (recomputing those is exact, only wasted);
-    ``None`` when no row has any.
-    """
-    m = int(changed.sum(-1).max()) if changed.numel() else 0
-    if m == 0:
-        return None
-    return (~changed).long().argsort(dim=-1, stable=True)[:, :m]
