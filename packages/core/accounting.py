@@ -13,23 +13,25 @@ from .storage import Storage
 from .telemetry import Decision, Stats, Trace
 
 if TYPE_CHECKING:
-    from .sites.base import CallContext
+    from .sites.base import CallContext, Site
 
 log = logging.getLogger("forecache")
 
 #: actions that follow a ``cached`` record of the same row and step: the row was computed after all
 _UNDONE = ("rejected", "nonfinite", "guarded")
+_COMPUTED = Decision.COMPUTED
 
 
 class Accounts:
-    """The trace, the stats and the FLOP meter of one handle."""
+    """The trace, the stats and the FLOP meter of one handle: the accounting half of the site
+    contract (:class:`forecache.core.runtime.Runtime`)."""
 
     def __init__(self, storage: Storage, count_flops: bool) -> None:
         self.storage = storage
         self.meter = FlopMeter(count_flops)
         self.stats = Stats(flops_counted=count_flops)
         self.trace = Trace()
-        self._checks: list[tuple[str, CallContext, int, torch.Tensor]] = []
+        self._checks: list[tuple] = []
 
     def clear(self) -> None:
         self.stats = Stats(flops_counted=self.meter.enabled)
@@ -38,11 +40,12 @@ class Accounts:
 
     # -- decisions -------------------------------------------------------------------------------
     def record(
-        self, site: str, ctx: CallContext, r: int, action: str, metric: float | None, note: str | None = None
+        self, site: Site, ctx: CallContext, r: int, action: str, metric: float | None = None, note: str | None = None
     ) -> None:
-        d = Decision(ctx.generation, ctx.step, ctx.branch, ctx.row_of(r), site, ctx.t, action, metric, note,
-                     segment=ctx.segment)
-        self.trace.append(d)
+        """Record row ``r``'s decision at ``site`` (see :class:`forecache.core.telemetry.Decision`)."""
+        site = site.name
+        row = r if ctx.rows is None else ctx.rows[r]
+        self.trace.append(Decision(ctx.generation, ctx.step, ctx.branch, row, site, ctx.t, action, metric, note, ctx.segment))
         s = self.stats.sites[site]
         if action in _UNDONE:
             s["cached"] -= 1
@@ -56,14 +59,17 @@ class Accounts:
                 log.warning("forecache: non-finite forecast at %s step %d row %d; recomputed", site, ctx.step, r)
             return
         s["rows"] += 1
-        s["cached"] += 0 if d.computed else 1
+        if action not in _COMPUTED:
+            s["cached"] += 1
 
     # -- FLOPs -----------------------------------------------------------------------------------
     def run(self, key: Hashable, rows: int, fn: Callable[[], Any]) -> Any:
+        """``fn()``, whose FLOPs per row are counted the first time ``key`` runs."""
         return self.meter.run(key, rows, fn)
 
     def skipped(self, key: Hashable, rows: float, flops: float | None = None) -> None:
-        per_row = self._per_row(key, flops)
+        """``rows`` rows did not run ``key`` (``flops``: per-row FLOPs, when counted analytically)."""
+        per_row = self.meter.per_row(key) if flops is None else (flops if self.meter.enabled else None)
         if per_row is None:
             if self.meter.enabled:
                 log.warning("forecache: no FLOP count yet for %s; its skip is not counted in stats()", key[:2])
@@ -71,34 +77,35 @@ class Accounts:
         self.stats.flops_skipped += per_row * rows
 
     def extra(self, key: Hashable, rows: float, flops: float | None = None) -> None:
-        self.stats.flops_extra += (self._per_row(key, flops) or 0.0) * rows
+        """``rows`` rows ran ``key`` once more than the uncached model would."""
+        per_row = self.meter.per_row(key) if flops is None else (flops if self.meter.enabled else None)
+        self.stats.flops_extra += (per_row or 0.0) * rows
 
     def model_call(self, key: Hashable, rows: int) -> None:
         self.stats.calls += 1
         self.stats.flops_full += (self.meter.per_row(key) or 0.0) * rows
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.storage.peak_bytes)
 
-    def _per_row(self, key: Hashable, flops: float | None) -> float | None:
-        """Analytic per-row FLOPs when the site gives them (a varying token subset, which counting by
-        shape cannot follow), else the meter's count for ``key``."""
-        if flops is not None:
-            return flops if self.meter.enabled else None
-        return self.meter.per_row(key)
-
     # -- health ----------------------------------------------------------------------------------
-    def check_finite(self, site: str, ctx: CallContext, r: int, value: tuple[torch.Tensor, ...]) -> None:
-        """Queue a forecast's finiteness as a device tensor: read once per model call, so a GPU
-        synchronises once per call, not at every site."""
-        flag = torch.stack([torch.isfinite(p).all() for p in value]).all()
-        self._checks.append((site, ctx, r, flag))
+    def check_finite(self, site: Site, ctx: CallContext, rows: list[int], parts: tuple[torch.Tensor, ...]) -> None:
+        """Queue the forecasts of ``rows`` (``parts``: each part stacked over those rows, in order)
+        for the NaN/Inf check at the end of the model call: a device flag, read once per call, so a
+        GPU synchronises once per call, not at every site. A bad row is computed again."""
+        flag = torch.isfinite(parts[0]).all() if len(parts) == 1 else torch.stack([torch.isfinite(p).all() for p in parts]).all()
+        self._checks.append((site, ctx, rows, parts, flag))
 
-    def nonfinite(self) -> list[tuple[str, CallContext, int]]:
-        """The queued forecasts that had NaN/Inf (recorded as ``nonfinite``); the queue empties."""
+    def nonfinite(self) -> list[tuple[Site, CallContext, int]]:
+        """The queued forecast rows that had NaN/Inf (recorded as ``nonfinite``); the queue empties."""
         checks, self._checks = self._checks, []
         if not checks:
             return []
-        flags = torch.stack([c[3].to("cpu") for c in checks]).tolist()
-        bad = [c[:3] for c, ok in zip(checks, flags) if not ok]
+        flags = torch.stack([c[4] for c in checks]).cpu().tolist()
+        bad = []
+        for (site, ctx, rows, parts, _), ok in zip(checks, flags):
+            if ok:
+                continue
+            finite = torch.stack([torch.isfinite(p.flatten(1)).all(1) for p in parts]).all(0).cpu().tolist()
+            bad.extend((site, ctx, r) for r, fine in zip(rows, finite) if not fine)
         for site, ctx, r in bad:
             self.record(site, ctx, r, "nonfinite", None)
         return bad

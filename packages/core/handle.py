@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .accounting import Accounts
 from .adapters.base import Adapter
 from .clock import StepClock, Tick
 from .rows import put_rows, take_rows
@@ -37,8 +36,7 @@ class CacheHandle:
         self.adapter = adapter
         self.clock = StepClock()
         self.storage = Storage(policy.storage_dtype, policy.max_cache_bytes)
-        self._accounts = Accounts(self.storage, count_flops)
-        self.runtime = Runtime(model, adapter, self.storage, self._accounts)
+        self.runtime = Runtime(model, adapter, self.storage, count_flops)
         self._scheduler = scheduler
         self._must_compute = False
         self.sites: list[Site] = []
@@ -125,7 +123,7 @@ class CacheHandle:
     def _new_generation(self) -> None:
         for site in self.sites:
             site.reset()
-        self._accounts.stats.generations += 1
+        self.runtime.stats.generations += 1
 
     # -- one model call --------------------------------------------------------------------------
     def _root_call(self, original: Callable, *args, **kwargs):
@@ -140,10 +138,10 @@ class CacheHandle:
         if self._must_compute or adapter.must_compute(model, args, kwargs):
             runtime.enter(None, passthrough=True)
             try:
-                out = self._accounts.run(key, batch, lambda: original(*args, **kwargs))
+                out = self.runtime.run(key, batch, lambda: original(*args, **kwargs))
             finally:
                 runtime.enter(None)
-            self._accounts.model_call(key, batch)
+            self.runtime.model_call(key, batch)
             return out
         raw = None
         if self.clock.explicit:
@@ -164,14 +162,14 @@ class CacheHandle:
             call = functools.partial(site.intercept, call)
         runtime.enter(ctx)
         try:
-            out = self._accounts.run(key, batch, lambda: call(*args, **kwargs))
-            bad = self._accounts.nonfinite()
+            out = self.runtime.run(key, batch, lambda: call(*args, **kwargs))
+            bad = self.runtime.nonfinite()
             if bad:
                 out = self._recompute(ctx, key, _model_rows(ctx, bad), call, args, kwargs, out)
         finally:
             runtime.enter(None)
-            self._accounts.discard_checks()
-        self._accounts.model_call(key, batch)
+            self.runtime.discard_checks()
+        self.runtime.model_call(key, batch)
         if not runtime.fired:
             names = ", ".join(s.name for s in self.sites[:4])
             raise RuntimeError(
@@ -196,12 +194,12 @@ class CacheHandle:
         self.runtime.enter(recompute)
         if len(rows) == ctx.batch or any(getattr(s, "pairs_rows", False) for s in self.sites):
             fresh = call(*args, **kwargs)  # rows that only exist together (a batched CFG pair) run together
-            self._accounts.extra(key, ctx.batch)
+            self.runtime.extra(key, ctx.batch)
             return fresh
         fresh = self.runtime.on_rows(
             recompute, idx, lambda: call(*take_rows(args, idx, ctx.batch), **take_rows(kwargs, idx, ctx.batch))
         )
-        self._accounts.extra(key, len(rows))
+        self.runtime.extra(key, len(rows))
         parts, template = flatten(out)
         new, _ = flatten(fresh)
         return rebuild(template, tuple(put_rows(p, idx, q) for p, q in zip(parts, new)))
@@ -209,15 +207,15 @@ class CacheHandle:
     # -- telemetry -------------------------------------------------------------------------------
     def stats(self) -> Stats:
         """Compute ratio (FLOPs executed over uncached FLOPs), per-site hit rate, peak cache bytes."""
-        return self._accounts.summary()
+        return self.runtime.summary()
 
     def trace(self) -> Trace:
         """Every decision (generation, segment, step, branch, row, site, t, action, metric);
         ``.to_json()``."""
-        return self._accounts.trace
+        return self.runtime.trace
 
     def clear_telemetry(self) -> None:
-        self._accounts.clear()
+        self.runtime.clear()
 
     def __enter__(self) -> CacheHandle:
         return self

@@ -1,6 +1,8 @@
-"""What one (site, branch, row) keeps across steps: trigger state and the computed history."""
+"""What one history of a site keeps across steps: trigger state and the computed points."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -9,10 +11,12 @@ from .storage import Storage
 
 
 class RowHistory:
-    """The computed points of one row at one site, oldest first, plus its trigger state.
+    """The computed points of one history key (by default a batch row) at one site, oldest first,
+    plus its trigger state.
 
     A point is a tuple of tensors (a site's output may have several parts, e.g. image and text
-    streams); forecasters predict each part on its own.
+    streams); forecasters predict each part on its own, so the points are kept by part:
+    ``parts[c]`` lists part ``c`` of every point, oldest first.
     """
 
     def __init__(self, trigger_state: dict, storage: Storage, max_points: int) -> None:
@@ -21,11 +25,16 @@ class RowHistory:
         self.max_points = max_points
         self.times: list[float] = []
         self.steps: list[int] = []
-        self.values: list[tuple[torch.Tensor, ...]] = []
+        self.parts: list[list[torch.Tensor]] = []
         self.scratch: list[dict] = []
         self.last_compute_step: int | None = None
         self.extra: dict = {}
         self._kept: dict[str, torch.Tensor] = {}
+
+    @property
+    def values(self) -> list[tuple[torch.Tensor, ...]]:
+        """The points, oldest first, each a tuple of its parts."""
+        return list(zip(*self.parts))
 
     def since_compute(self, step: int) -> int | None:
         return None if self.last_compute_step is None else step - self.last_compute_step
@@ -33,23 +42,23 @@ class RowHistory:
     def ready(self, forecaster: Forecaster) -> bool:
         return len(self.times) >= forecaster.min_history
 
-    def record(self, step: int, t: float, value: tuple[torch.Tensor, ...]) -> None:
-        if self.times and self.times[-1] == t:  # a recompute of the same step replaces its point
+    def record(self, step: int, t: float, value: Sequence[torch.Tensor]) -> None:
+        times = self.times
+        if times and times[-1] == t:  # a recompute of the same step replaces its point
             self._pop(-1)
-        while len(self.times) >= self.max_points:  # evict first: the peak is the steady state
+        while len(times) >= self.max_points:  # evict first: the peak is the steady state
             self._pop(0)
-        kept: list[torch.Tensor] = []
-        try:
-            for v in value:
-                kept.append(self.storage.keep(v))
-        except BaseException:  # over budget: leave the history consistent, then report
-            for k in kept:
-                self.storage.drop(k)
-            raise
-        self.times.append(t)
+        kept = self.storage.keep_all(value)
+        if len(self.parts) != len(kept):
+            self.parts = [[] for _ in kept]
+            self.scratch = [{} for _ in kept]
+        else:
+            for s in self.scratch:
+                s.clear()
+        for column, x in zip(self.parts, kept):
+            column.append(x)
+        times.append(t)
         self.steps.append(step)
-        self.values.append(tuple(kept))
-        self.scratch = [{} for _ in value]
         self.last_compute_step = step
 
     def forecast(
@@ -57,24 +66,24 @@ class RowHistory:
     ) -> tuple[torch.Tensor, ...]:
         """The forecaster's prediction at time ``t`` (step ``step``). A forecaster on the ``index``
         basis sees the computed points' step indices and the target step instead of times."""
-        parts = len(self.values[-1])
-        if len(self.scratch) != parts:
-            self.scratch = [{} for _ in range(parts)]
         coords, target = self.times, t
         if forecaster.basis == "index":
             if step is None:
                 raise ValueError(f"{type(forecaster).__name__}(basis='index') needs the step index; this site does not pass it")
             coords, target = [float(s) for s in self.steps], float(step)
-        return tuple(
-            forecaster.predict(coords, [v[c] for v in self.values], target, self.scratch[c]).to(dtype=dtype, device=device)
-            for c in range(parts)
-        )
+        predict = forecaster.predict
+        if len(self.parts) == 1:
+            return (predict(coords, self.parts[0], target, self.scratch[0]).to(dtype=dtype, device=device),)
+        return tuple([
+            predict(coords, column, target, scratch).to(dtype=dtype, device=device)
+            for column, scratch in zip(self.parts, self.scratch)
+        ])
 
     def _pop(self, i: int) -> None:
         self.times.pop(i)
         self.steps.pop(i)
-        for v in self.values.pop(i):
-            self.storage.drop(v)
+        for column in self.parts:
+            self.storage.drop(column.pop(i))
 
     def keep(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Keep a site-specific tensor (counted in the cache's bytes) under ``extra[name]``."""

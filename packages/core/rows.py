@@ -50,5 +50,19 @@ def put_rows(full: torch.Tensor, idx: torch.Tensor, part: torch.Tensor) -> torch
     return out
 
 
+def merge_rows(
+    batch: int, idx: torch.Tensor, fresh: tuple[torch.Tensor, ...], skip: torch.Tensor, forecast: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Whole-batch parts from the rows ``idx`` that computed (``fresh``) and the rows ``skip`` that
+    took the forecast."""
+    out = []
+    for f, c in zip(fresh, forecast):
+        full = f.new_empty((batch, *f.shape[1:]))
+        full[idx.to(f.device)] = f
+        full[skip.to(f.device)] = c.to(f.dtype)
+        out.append(full)
+    return tuple(out)
+
+
 def row(x: torch.Tensor | None, r: int) -> torch.Tensor | None:
     return None if x is None else x[r : r + 1]

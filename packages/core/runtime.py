@@ -7,12 +7,13 @@ A site is written against :class:`Runtime` alone, handed to it when it is built
   branch, time, noise level, batch), or ``None`` for a call the site must pass through untouched;
   ``on_rows(ctx, idx, run)`` runs part of the model on some rows with their context;
 - ``record(site, ctx, row, action, metric)``: a decision, into the trace and the stats;
-  ``check_finite(site, ctx, row, forecast)`` queues a forecast's health check;
+  ``check_finite(site, ctx, rows, forecast)`` queues the forecasts' health check;
 - ``run(key, rows, fn)``: run a computation, its FLOPs counted once per key; ``skipped`` and
   ``extra`` account rows not computed or computed again (``flops=`` gives an analytic per-row
   count where a varying token subset makes counting by shape impossible);
 - ``storage``: where tensors kept across steps live (dtype, byte budget, peak bytes);
-- ``reduce(metric)``: a metric averaged across ranks, so every rank decides alike;
+- ``reduce(metric)``: a metric averaged across ranks, so every rank decides alike (``reducer`` is
+  ``reduce`` under torch.distributed and ``None`` otherwise, set per model call);
 - ``wrap(module, fn, site)`` / ``unwrap(module)``: route a module's forward through the site.
 
 ``adapter`` and ``model`` are there to read (time unit, block conventions, argument names).
@@ -37,16 +38,19 @@ if TYPE_CHECKING:
     from .sites.base import CallContext, Site
 
 
-class Runtime:
-    """The contract between one handle and its sites (see the module docstring)."""
+class Runtime(Accounts):
+    """The contract between one handle and its sites (see the module docstring). Its accounting
+    half (``record``, ``check_finite``, ``run``, ``skipped``, ``extra``) is
+    :class:`~forecache.core.accounting.Accounts`."""
 
-    def __init__(self, model: nn.Module, adapter: Adapter, storage: Storage, accounts: Accounts) -> None:
+    def __init__(self, model: nn.Module, adapter: Adapter, storage: Storage, count_flops: bool) -> None:
+        super().__init__(storage, count_flops)
         self.model = model
         self.adapter = adapter
-        self.storage = storage
-        self.accounts = accounts
         self.wrapping = Wrapping()
         self.fired = False
+        #: ``reduce`` when the metric must be averaged across ranks, else ``None`` (no call at all)
+        self.reducer: Callable[[float], float] | None = None
         self._ctx: CallContext | None = None
         self._passthrough = False
 
@@ -54,15 +58,16 @@ class Runtime:
     def context(self, site: Site) -> CallContext | None:
         """The context of the model call in progress; ``None`` when the site must run its module
         as is (a must-compute call, which writes state and is no step)."""
-        if self._passthrough:
-            return None
-        if self._ctx is None:
+        ctx = self._ctx
+        if ctx is None:
+            if self._passthrough:
+                return None
             raise RuntimeError(
                 f"site {site.name} ran outside a call of the model the handle was applied to "
                 f"({type(self.model).__name__}); apply the policy to the model that is called"
             )
         self.fired = True
-        return self._ctx
+        return ctx
 
     def on_rows(self, ctx: CallContext, idx: torch.Tensor, run: Callable[[], Any]) -> Any:
         """``run()``, a call of the model on rows ``idx`` of ``ctx``'s batch, with the context of
@@ -81,35 +86,11 @@ class Runtime:
         self._passthrough = passthrough
         if ctx is not None:
             self.fired = False
+            self.reducer = distributed.mean if distributed.active() else None
 
     @property
     def in_call(self) -> bool:
         return self._ctx is not None or self._passthrough
-
-    # -- decisions and health --------------------------------------------------------------------
-    def record(
-        self, site: Site, ctx: CallContext, r: int, action: str, metric: float | None = None, note: str | None = None
-    ) -> None:
-        """Record row ``r``'s decision at ``site`` (see :class:`forecache.core.telemetry.Decision`)."""
-        self.accounts.record(site.name, ctx, r, action, metric, note)
-
-    def check_finite(self, site: Site, ctx: CallContext, r: int, value: tuple[torch.Tensor, ...]) -> None:
-        """Queue row ``r``'s forecast for the NaN/Inf check at the end of the model call; a bad one
-        makes the handle compute that row again."""
-        self.accounts.check_finite(site.name, ctx, r, value)
-
-    # -- FLOPs -----------------------------------------------------------------------------------
-    def run(self, key: Hashable, rows: int, fn: Callable[[], Any]) -> Any:
-        """``fn()``, whose FLOPs per row are counted the first time ``key`` runs."""
-        return self.accounts.run(key, rows, fn)
-
-    def skipped(self, key: Hashable, rows: float, flops: float | None = None) -> None:
-        """``rows`` rows did not run ``key`` (``flops``: per-row FLOPs, when counted analytically)."""
-        self.accounts.skipped(key, rows, flops)
-
-    def extra(self, key: Hashable, rows: float, flops: float | None = None) -> None:
-        """``rows`` rows ran ``key`` once more than the uncached model would."""
-        self.accounts.extra(key, rows, flops)
 
     # -- ranks -----------------------------------------------------------------------------------
     @staticmethod
@@ -129,7 +110,6 @@ class Runtime:
 def model_key(args: tuple, kwargs: dict) -> tuple:
     """The FLOP-meter key of a whole model call: its input shapes without the batch."""
 
-    def one(v):
-        return tuple(v.shape[1:]) if torch.is_tensor(v) and v.dim() > 0 else None
-
-    return ("__model__", tuple(one(a) for a in args) + tuple((k, one(v)) for k, v in sorted(kwargs.items())))
+    shapes = [v.shape[1:] if torch.is_tensor(v) and v.dim() > 0 else None for v in args]
+    shapes += [(k, v.shape[1:] if torch.is_tensor(v) and v.dim() > 0 else None) for k, v in sorted(kwargs.items())]
+    return ("__model__", tuple(shapes))

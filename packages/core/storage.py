@@ -32,6 +32,16 @@ class Storage:
         self._grow(y.numel() * y.element_size())
         return y
 
+    def keep_all(self, values) -> list[torch.Tensor]:
+        """Detached copies of ``values``, counted together: over the budget, none is kept."""
+        dtype = self.dtype
+        kept = [x.detach().to(dtype=dtype or x.dtype, copy=True) for x in values]
+        n = 0
+        for y in kept:
+            n += y.numel() * y.element_size()
+        self._grow(n)
+        return kept
+
     def drop(self, x: torch.Tensor) -> None:
         self.bytes -= x.numel() * x.element_size()
 

@@ -49,19 +49,18 @@ class BlockIO:
 
     def bind(self, forward, args: tuple, kwargs: dict) -> inspect.BoundArguments:
         bound = _signature(forward).bind(*args, **kwargs)
-        missing = [n for n in self.state if n not in bound.arguments]
-        if missing:
+        if not bound.arguments.keys() >= set(self.state):
+            missing = sorted(set(self.state) - bound.arguments.keys())
             raise TypeError(f"block call has no argument {missing}; BlockIO.state is {self.state}")
         return bound
 
     def state_in(self, bound: inspect.BoundArguments) -> tuple[torch.Tensor, ...]:
-        return tuple(bound.arguments[n] for n in self.state)
+        return tuple(map(bound.arguments.__getitem__, self.state))
 
     def state_out(self, output: Any) -> tuple[torch.Tensor, ...]:
         if self.returns is None:
             return (output if torch.is_tensor(output) else output[0],)
-        by_name = dict(zip(self.returns, output))
-        return tuple(by_name[n] for n in self.state)
+        return tuple(map(dict(zip(self.returns, output)).__getitem__, self.state))
 
     def make_output(self, state: tuple[torch.Tensor, ...]) -> Any:
         if not self.passthrough:
@@ -70,8 +69,7 @@ class BlockIO:
             )
         if self.returns is None:
             return state[0]
-        by_name = dict(zip(self.state, state))
-        return tuple(by_name.get(n) for n in self.returns)  # dropped streams come back as None
+        return tuple(map(dict(zip(self.state, state)).get, self.returns))  # dropped streams come back as None
 
 
 @dataclass

@@ -117,8 +117,10 @@ def weighted_sum(values: Sequence[torch.Tensor], weights: Sequence[float]) -> to
     """``sum_j weights[j] * values[j]`` in at least float32, inputs left untouched."""
     if len(values) != len(weights) or not values:
         raise ValueError(f"weighted_sum got {len(values)} values and {len(weights)} weights")
-    dtype = compute_dtype(values[-1])
-    out = values[0].to(dtype) * weights[0]
+    last = values[-1]
+    if not last.is_floating_point():
+        raise ValueError(f"forecasters need floating-point features, got dtype {last.dtype}")
+    out = values[0].to(torch.promote_types(last.dtype, torch.float32)) * weights[0]
     for v, w in zip(values[1:], weights[1:]):
         out.add_(v, alpha=w)  # promotes in place: no temporary copy of v
     return out

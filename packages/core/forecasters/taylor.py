@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,15 @@ from .base import Forecaster
 from .differences import derivatives, taylor_weights, weighted_sum
 
 __all__ = ["Taylor", "derivatives"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _combined(times: tuple[float, ...], t: float) -> tuple[float, ...]:
+    """One weight per computed value: ``sum_p c_p u^p`` with ``c_p = sum_j W[p][j] F_j`` and
+    ``u = t - times[-1]``. Every row and site of a step asks for the same weights: computed once."""
+    n, u = len(times), t - float(times[-1])
+    w = taylor_weights(times)
+    return tuple(sum(w[p][j] * u**p for p in range(n)) for j in range(n))
 
 
 @dataclass(frozen=True)
@@ -55,9 +65,4 @@ class Taylor(Forecaster):
         self, times: Sequence[float], values: Sequence[torch.Tensor], t: float, state: dict
     ) -> torch.Tensor:
         n = min(self.order + 1, len(times))
-        pts_t, pts_v = list(times[-n:]), list(values[-n:])
-        u = float(t) - float(pts_t[-1])
-        w = taylor_weights(pts_t)
-        # sum_p c_p u^p with c_p = sum_j W[p][j] F_j: fold the powers into one weight per value.
-        combined = [sum(w[p][j] * u**p for p in range(n)) for j in range(n)]
-        return weighted_sum(pts_v, combined).to(values[-1].dtype)
+        return weighted_sum(values[-n:], _combined(tuple(times[-n:]), float(t))).to(values[-1].dtype)

@@ -10,8 +10,7 @@ import torch
 
 from ..forecasters.base import Forecaster
 from ..history import RowHistory
-from ..rows import row
-from ..triggers.base import Observation, Trigger, ask
+from ..triggers.base import Observation, Trigger
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -34,8 +33,9 @@ class CallContext:
     that inner sites keep each row's history under its row of the whole batch."""
     segment: Hashable = 0
     """The segment of the generation (a dLLM block, a world-model chunk, an edit phase, a view)."""
-    index: int | None = None
-    """Index of this step in the whole generation, across segments (``None``: ``step``)."""
+    index: int = -1
+    """Index of this step in the whole generation, across segments (what histories count; -1 when
+    made: ``step``)."""
     noise: float | None = None
     """The adapter's noise level of ``t`` (1 at pure noise, 0 at the data)."""
     recompute: bool = False
@@ -43,13 +43,12 @@ class CallContext:
     time: Any = None
     """The timestep as the model received it, when it is more than a scalar (per-frame ``[B, F]``)."""
 
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            self.index = self.step
+
     def row_of(self, r: int) -> int:
         return r if self.rows is None else self.rows[r]
-
-    @property
-    def position(self) -> int:
-        """The step's index in the generation (what histories count)."""
-        return self.step if self.index is None else self.index
 
 
 def by_row(ctx: CallContext, r: int) -> Hashable:
@@ -69,6 +68,21 @@ class RowPlan:
     compute: bool
     obs: Observation
     value: tuple[torch.Tensor, ...] | None = None
+    hist: RowHistory | None = None
+
+
+class Plans(list):
+    """The decisions of one site call, a :class:`RowPlan` per row, with what sites ask of them as a
+    whole: which rows compute, and the forecasts of the others stacked in row order."""
+
+    forecast: tuple[torch.Tensor, ...] | None = None
+    """Each forecast part, stacked over the rows that do not compute (``None``: every row computes)."""
+    computing: int = 0
+    """How many rows compute."""
+
+    def rows(self, compute: bool) -> torch.Tensor:
+        """Indices of the rows that compute (``True``) or take the forecast (``False``)."""
+        return torch.tensor([i for i, p in enumerate(self) if p.compute is compute], dtype=torch.long)
 
 
 class Site:
@@ -104,6 +118,7 @@ class Site:
         self.window = window
         self.key = key or by_row
         self._rows: dict[Hashable, RowHistory] = {}
+        self._watches = type(trigger).observe is not Trigger.observe  # False: observe() would do nothing
 
     # -- lifecycle -------------------------------------------------------------------------------
     def install(self) -> None:
@@ -115,13 +130,25 @@ class Site:
         self._rows.clear()
 
     def history(self, ctx: CallContext, r: int) -> RowHistory:
-        key = self.key(ctx, r)
-        hist = self._rows.get(key)
-        if hist is None:
-            hist = self._rows[key] = RowHistory(
-                self.trigger.new_state(), self.runtime.storage, self.forecaster.max_history
-            )
-        return hist
+        """Row ``r``'s history at this site, under ``key(ctx, r)``."""
+        return self.histories(ctx, (r,))[0]
+
+    def histories(self, ctx: CallContext, rows) -> list[RowHistory]:
+        """The histories of ``rows``, in order (made on first use)."""
+        if self.key is by_row:  # the default, without a call per row
+            branch = ctx.branch
+            keys = [(branch, r) for r in rows] if ctx.rows is None else [(branch, ctx.rows[r]) for r in rows]
+        else:
+            keys = [self.key(ctx, r) for r in rows]
+        found = self._rows
+        out = [found.get(k) for k in keys]
+        if None in out:
+            for i, k in enumerate(keys):
+                if out[i] is None:
+                    out[i] = found.get(k) or found.setdefault(
+                        k, RowHistory(self.trigger.new_state(), self.runtime.storage, self.forecaster.max_history)
+                    )
+        return out
 
     # -- decisions -------------------------------------------------------------------------------
     def plan(
@@ -131,7 +158,7 @@ class Site:
         signal: torch.Tensor | None = None,
         rows: range | None = None,
         vet: Callable[[list[int], list[tuple[torch.Tensor, ...]]], Sequence[str | None]] | None = None,
-    ) -> list[RowPlan]:
+    ) -> Plans:
         """Ask the trigger for every row and forecast the rows that will not compute.
 
         Forecasts take the dtype and device of ``like``. Their finiteness is checked once per model
@@ -142,53 +169,58 @@ class Site:
         their forecasts) and returns one reason per row, ``None`` to accept: a row with a reason
         computes instead, recorded as ``guarded`` with the reason (a domain's plausibility check).
         """
-        plans: list[RowPlan] = []
-        forecast: list[tuple[int, int]] = []  # (index in plans, row) of every forecast row
-        if ctx.recompute:  # a forecast of this step was not finite: these rows compute everywhere
-            rows = rows if rows is not None else range(ctx.batch)
-            return [RowPlan(True, self._observation(ctx, r, signal)) for r in rows]
-        level = ctx.noise
-        in_window = self.window is None or self.window[0] <= level <= self.window[1]
-        for r in rows if rows is not None else range(ctx.batch):
-            hist = self.history(ctx, r)
-            obs = self._observation(ctx, r, signal)
-            if not in_window:
-                plans.append(RowPlan(True, obs))
-                self.runtime.record(self, ctx, r, "window", None)
+        rows = range(ctx.batch) if rows is None else rows
+        position, step, t, timesteps, runtime = ctx.index, ctx.step, ctx.t, ctx.timesteps, self.runtime
+        record, trigger, forecaster, reduce = runtime.record, self.trigger, self.forecaster, runtime.reducer
+        decides = not ctx.recompute and (self.window is None or self.window[0] <= ctx.noise <= self.window[1])
+        need, found, key, branch, mapped = forecaster.min_history, self._rows, self.key, ctx.branch, ctx.rows
+        plans = Plans()
+        forecast: list[int] = []  # indices into plans (and rows) of the rows forecast
+        for i, r in enumerate(rows):
+            k = (branch, r if mapped is None else mapped[r]) if key is by_row else key(ctx, r)
+            hist = found.get(k)
+            if hist is None:
+                hist = found[k] = RowHistory(trigger.new_state(), runtime.storage, forecaster.max_history)
+            last = hist.last_compute_step
+            obs = Observation(step, t, timesteps, None if last is None else position - last,
+                              None if signal is None else signal[r : r + 1])
+            if not decides:  # recomputing a bad forecast (not recorded again), or outside the window
+                plans.append(RowPlan(True, obs, None, hist))
+                if not ctx.recompute:
+                    record(self, ctx, r, "window")
                 continue
-            must = not hist.ready(self.forecaster)
-            compute, metric = ask(self.trigger, hist.trigger_state, obs, must, self.runtime.reduce)
-            action = "warmup" if must else ("compute" if compute else "cached")
-            value = None
-            if not compute:
-                value = hist.forecast(self.forecaster, ctx.t, like.dtype, like.device, ctx.position)
-                forecast.append((len(plans), r))
-            plans.append(RowPlan(compute, obs, value))
-            self.runtime.record(self, ctx, r, action, metric)
+            state = hist.trigger_state
+            metric = trigger.measure(state, obs)
+            if metric is not None and reduce is not None:
+                metric = reduce(metric)
+            if len(hist.times) < need:
+                plans.append(RowPlan(True, obs, None, hist))
+                record(self, ctx, r, "warmup", metric)
+            elif trigger.decide(state, obs, metric):
+                plans.append(RowPlan(True, obs, None, hist))
+                record(self, ctx, r, "compute", metric)
+            else:
+                plans.append(RowPlan(False, obs, hist.forecast(forecaster, t, like.dtype, like.device, position), hist))
+                record(self, ctx, r, "cached", metric)
+                forecast.append(i)
         if forecast and vet is not None:
-            reasons = list(vet([r for _, r in forecast], [plans[i].value for i, _ in forecast]))
+            reasons = list(vet([rows[i] for i in forecast], [plans[i].value for i in forecast]))
             if len(reasons) != len(forecast):
                 raise ValueError(
                     f"site {self.name}: the guard returned {len(reasons)} reasons for {len(forecast)} "
                     "forecast rows; return one reason (or None) per row"
                 )
-            for (i, r), reason in zip(forecast, reasons):
+            for i, reason in zip(forecast, reasons):
                 if reason is not None:
                     plans[i].compute, plans[i].value = True, None
-                    self.runtime.record(self, ctx, r, "guarded", None, note=str(reason))
-        for i, r in forecast:
-            if not plans[i].compute:
-                self.runtime.check_finite(self, ctx, r, plans[i].value)
+                    record(self, ctx, rows[i], "guarded", None, note=str(reason))
+            forecast = [i for i in forecast if not plans[i].compute]
+        plans.computing = len(plans) - len(forecast)
+        if forecast:
+            values = [plans[i].value for i in forecast]
+            plans.forecast = values[0] if len(values) == 1 else tuple([torch.cat(c, dim=0) for c in zip(*values)])
+            runtime.check_finite(self, ctx, [rows[i] for i in forecast], plans.forecast)
         return plans
-
-    def _observation(self, ctx: CallContext, r: int, signal: torch.Tensor | None) -> Observation:
-        return Observation(
-            step=ctx.step,
-            t=ctx.t,
-            timesteps=ctx.timesteps,
-            since_compute=self.history(ctx, r).since_compute(ctx.position),
-            signal=row(signal, r),
-        )
 
     def observe(
         self,
@@ -201,9 +233,12 @@ class Site:
     ) -> None:
         """After the step: store what computed rows produced (``cached``: the parts the forecaster
         learns from, e.g. residuals) and let the trigger see every row."""
-        for r, plan in zip(rows if rows is not None else range(ctx.batch), plans):
-            hist = self.history(ctx, r)
+        rows = range(ctx.batch) if rows is None else rows
+        position, t, observe, watches = ctx.index, ctx.t, self.trigger.observe, self._watches
+        for r, plan in zip(rows, plans):
+            hist = plan.hist
             if plan.compute and cached is not None:
-                hist.record(ctx.position, ctx.t, tuple(row(p, r) for p in cached))
-            out = row(outputs[0], r) if (plan.compute and outputs is not None) else None
-            self.trigger.observe(hist.trigger_state, plan.obs, plan.compute, row(inputs, r), out)
+                hist.record(position, t, (cached[0][r : r + 1],) if len(cached) == 1 else [p[r : r + 1] for p in cached])
+            if watches:
+                out = outputs[0][r : r + 1] if (plan.compute and outputs is not None) else None
+                observe(hist.trigger_state, plan.obs, plan.compute, None if inputs is None else inputs[r : r + 1], out)

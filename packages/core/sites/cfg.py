@@ -98,9 +98,9 @@ class CfgSite(Site):
             return self._batched(ctx, call, args, kwargs)
         if ctx.branch != self.uncond:
             out = call(*args, **kwargs)
-            self._cond = (ctx.generation, ctx.position, *flatten(out))
+            self._cond = (ctx.generation, ctx.index, *flatten(out))
             return out
-        if self._cond is None or self._cond[:2] != (ctx.generation, ctx.position):
+        if self._cond is None or self._cond[:2] != (ctx.generation, ctx.index):
             return call(*args, **kwargs)  # no cond output of this step to rebuild from
         _, _, cond, template = self._cond
         plans = self.plan(ctx, cond[0])

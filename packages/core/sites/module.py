@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..adapters.base import BlockIO
-from ..rows import put_rows, slice_call
-from .base import CallContext, RowPlan, Site
+from ..rows import merge_rows, slice_call
+from .base import CallContext, Plans, Site
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -88,36 +88,28 @@ class ModuleSite(Site):
         ctx = self.runtime.context(self)
         if ctx is None:
             return original(*args, **kwargs)
-        bound = self._signature.bind(*args, **kwargs)
-        x = next((v for v in bound.arguments.values() if torch.is_tensor(v)), None)
-        if x is None:
+        tensors = [v for v in (*args, *kwargs.values()) if torch.is_tensor(v)]
+        if not tensors:
             raise TypeError(f"site {self.name}: the module call has no tensor argument to cache on")
-        # attention over frames may fold frames into the batch: this module's rows are its own
-        ctx = dataclasses.replace(ctx, batch=int(x.shape[0]))
+        x = tensors[0]
+        if x.shape[0] != ctx.batch:  # attention over frames may fold frames into the batch
+            ctx = dataclasses.replace(ctx, batch=int(x.shape[0]))
         plans = self.plan(ctx, x, x if self.trigger.signal == "input" else None)
-        key = (self.name, tuple(tuple(v.shape[1:]) for v in bound.arguments.values() if torch.is_tensor(v)))
-        parts = self._execute(ctx, plans, original, bound, key)
+        key = (self.name, tuple([v.shape[1:] for v in tensors]))
+        parts = self._execute(ctx, plans, original, args, kwargs, key)
         self.observe(ctx, plans, x, parts, parts)
-        return rebuild(self._template, parts)
+        return parts[0] if self._template is None else rebuild(self._template, parts)
 
-    def _execute(self, ctx: CallContext, plans: list[RowPlan], original, bound, key) -> tuple[torch.Tensor, ...]:
-        compute = torch.tensor([p.compute for p in plans])
+    def _execute(self, ctx: CallContext, plans: Plans, original, args, kwargs, key) -> tuple[torch.Tensor, ...]:
         runtime, batch = self.runtime, ctx.batch
-        if bool(compute.all()):
-            parts, self._template = flatten(runtime.run(key, batch, lambda: original(*bound.args, **bound.kwargs)))
+        if plans.forecast is None:
+            parts, self._template = flatten(runtime.run(key, batch, lambda: original(*args, **kwargs)))
             return parts
-        self.runtime.skipped(key, int((~compute).sum()))
-        cached = [p.value for p in plans if not p.compute]
-        forecast = tuple(torch.cat(c, dim=0) for c in zip(*cached))
-        skip_idx = (~compute).nonzero().flatten()
-        if not bool(compute.any()):
+        forecast = plans.forecast
+        runtime.skipped(key, len(forecast[0]))
+        if plans.computing == 0:
             return forecast
-        idx = compute.nonzero().flatten()
-        args, kwargs = slice_call(bound, idx, batch, self.io)
-        fresh, self._template = flatten(runtime.run(key, len(idx), lambda: original(*args, **kwargs)))
-        out = []
-        for f, c in zip(fresh, forecast):
-            full = f.new_empty((batch, *f.shape[1:]))
-            full = put_rows(full, idx, f)
-            out.append(put_rows(full, skip_idx, c))
-        return tuple(out)
+        idx, skip_idx = plans.rows(True), plans.rows(False)
+        sliced_args, sliced_kwargs = slice_call(self._signature.bind(*args, **kwargs), idx, batch, self.io)
+        fresh, self._template = flatten(runtime.run(key, len(idx), lambda: original(*sliced_args, **sliced_kwargs)))
+        return merge_rows(batch, idx, fresh, skip_idx, forecast)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..adapters.base import call_arguments
-from ..rows import put_rows, take_rows
+from ..rows import merge_rows, take_rows
 from ..runtime import model_key
 from .base import CallContext, Site
 from .module import flatten, rebuild
@@ -71,27 +71,21 @@ class OutputSite(Site):
         if self.guard is not None and self._template is not None:
             vet = lambda rows, values: self._vet(ctx, rows, values, args, kwargs)
         plans = self.plan(ctx, like, like if self.trigger.signal == "input" else None, vet=vet)
-        compute = torch.tensor([p.compute for p in plans])
-        if bool(compute.all()):
+        if plans.forecast is None:
             out = call(*args, **kwargs)
             parts, self._template = flatten(out)
             self.observe(ctx, plans, like, parts, parts)
             return out
-        skip = (~compute).nonzero().flatten()
-        self.runtime.skipped(model_key(args, kwargs), len(skip))
-        forecast = tuple(torch.cat(c, dim=0) for c in zip(*(p.value for p in plans if not p.compute)))
-        if not bool(compute.any()):
+        forecast = plans.forecast
+        self.runtime.skipped(model_key(args, kwargs), len(forecast[0]))
+        if plans.computing == 0:
             self.observe(ctx, plans, like, None, None)
             return rebuild(self._template, forecast)
-        idx = compute.nonzero().flatten()
+        idx, skip = plans.rows(True), plans.rows(False)
         fresh, self._template = flatten(self.runtime.on_rows(
             ctx, idx, lambda: call(*take_rows(args, idx, ctx.batch), **take_rows(kwargs, idx, ctx.batch))
         ))
-        parts = []
-        for f, c in zip(fresh, forecast):
-            full = put_rows(f.new_empty((ctx.batch, *f.shape[1:])), idx, f)
-            parts.append(put_rows(full, skip, c))
-        parts = tuple(parts)
+        parts = merge_rows(ctx.batch, idx, fresh, skip, forecast)
         self.observe(ctx, plans, like, parts, parts)
         return rebuild(self._template, parts)
 

@@ -19,7 +19,7 @@ import torch
 from ..adapters.base import Adapter, Block
 from ..history import RowHistory
 from ..rows import put_rows, row, slice_call
-from .base import CallContext, RowPlan, Site
+from .base import CallContext, Plans, RowPlan, Site
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -34,7 +34,6 @@ class _Pass:
     signal: torch.Tensor | None = None
     region_in: tuple[torch.Tensor, ...] = ()
     plans: list[RowPlan] = field(default_factory=list)
-    compute: torch.Tensor | None = None
     bound: dict[int, Any] = field(default_factory=dict)
     residual: tuple[torch.Tensor, ...] = ()
     region_out: tuple[torch.Tensor, ...] = ()
@@ -118,29 +117,32 @@ class SpanSite(Site):
             return out
         if i == self.r0:
             self._plan(p, io.state_in(bound))
-        out = self._run(i, bound, p.compute)
+        out = self._run(i, bound, p.plans)
         if i == self.r1 - 1:
             out = io.make_output(self._finish_region(p, io.state_out(out)))
         return out
 
     def _plan(self, p: _Pass, region_in: tuple[torch.Tensor, ...]) -> None:
-        signal = {
-            "probe_residual": lambda: region_in[0] - p.span_in[0],
-            "input": lambda: region_in[0],
-            "modulated_input": lambda: p.signal,
-        }.get(self.trigger.signal, lambda: None)()
+        wanted, signal = self.trigger.signal, None
+        if wanted == "probe_residual":
+            signal = region_in[0] - p.span_in[0]
+        elif wanted == "input":
+            signal = region_in[0]
+        elif wanted == "modulated_input":
+            signal = p.signal
         p.region_in = region_in
         p.plans = self.plan(p.ctx, region_in[0], signal)
-        p.compute = torch.tensor([pl.compute for pl in p.plans])
 
     def _finish_region(self, p: _Pass, out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        region_in = tuple(p.region_in[i] for i in self._region_at)
-        residual = tuple(o - x for o, x in zip(out, region_in))
-        final = list(out)
-        for r, plan in enumerate(p.plans):
-            if not plan.compute:
-                for c, x in enumerate(region_in):
-                    final[c] = put_rows(final[c], torch.tensor([r]), row(x, r) + plan.value[c])
+        region_in = [p.region_in[i] for i in self._region_at]
+        residual = tuple([o - x for o, x in zip(out, region_in)])
+        plans, final = p.plans, out
+        if plans.forecast is not None:  # a skipped row leaves the region as its input plus the forecast residual
+            if plans.computing == 0:
+                final = tuple([x + f for x, f in zip(region_in, plans.forecast)])
+            else:
+                skip = plans.rows(False)
+                final = tuple([put_rows(o, skip, x[skip] + f) for o, x, f in zip(out, region_in, plans.forecast)])
         if not self.trigger.verifies:
             self.observe(p.ctx, p.plans, p.region_in[0], out, residual)
         else:
@@ -149,21 +151,21 @@ class SpanSite(Site):
         return tuple(final)
 
     # -- running blocks on some rows ------------------------------------------------------------
-    def _run(self, i: int, bound, compute: torch.Tensor | None):
+    def _run(self, i: int, bound, plans: Plans | None):
         io = self.blocks[i].io
         batch = self._pass.ctx.batch
         state = io.state_in(bound)
-        key = (self.name, i, tuple(tuple(s.shape[1:]) for s in state if torch.is_tensor(s)))
+        key = (self.name, i, tuple([s.shape[1:] for s in state]))
         runtime = self.runtime
-        if compute is None or bool(compute.all()):
+        if plans is None or plans.forecast is None:
             return runtime.run(key, batch, lambda: self._orig[i](*bound.args, **bound.kwargs))
-        self.runtime.skipped(key, int((~compute).sum()))
-        if not bool(compute.any()):
+        runtime.skipped(key, batch - plans.computing)
+        if plans.computing == 0:
             return io.make_output(state)
-        idx = compute.nonzero().flatten()
+        idx = plans.rows(True)
         args, kwargs = slice_call(bound, idx, batch, io)
         part = io.state_out(runtime.run(key, len(idx), lambda: self._orig[i](*args, **kwargs)))
-        return io.make_output(tuple(put_rows(s, idx, q) for s, q in zip(state, part)))
+        return io.make_output(tuple([put_rows(s, idx, q) for s, q in zip(state, part)]))
 
     def _rerun(self, idx: torch.Tensor, first: int, last: int, state: tuple[torch.Tensor, ...]):
         """Rows ``idx`` through blocks ``first..last-1`` again, from ``state`` (batch-sized); the
@@ -176,7 +178,7 @@ class SpanSite(Site):
             rebound = type(bound)(bound.signature, {**bound.arguments, **{n: named[n] for n in io.state}})
             args, kwargs = slice_call(rebound, idx, p.ctx.batch, io)
             part = io.state_out(self._orig[j](*args, **kwargs))
-            key = (self.name, j, tuple(tuple(named[n].shape[1:]) for n in io.state))
+            key = (self.name, j, tuple([named[n].shape[1:] for n in io.state]))
             self.runtime.extra(key, len(idx))
             named = {n: put_rows(named[n], idx, q) for n, q in zip(io.state, part)}
         return tuple(named.values())
@@ -197,7 +199,7 @@ class SpanSite(Site):
                 rejected.append(r)
                 self.runtime.record(self, ctx, r, "rejected", None)
                 continue
-            pred = hist.forecast(self.forecaster, ctx.t, span_out[0].dtype, span_out[0].device, ctx.position)[0]
+            pred = hist.forecast(self.forecaster, ctx.t, span_out[0].dtype, span_out[0].device, ctx.index)[0]
             real = row(span_out[0], r)
             pred = row(p.region_in[0], r) + pred
             err = float((pred - real).float().norm() / real.float().norm().clamp_min(1e-12))
@@ -221,7 +223,7 @@ class SpanSite(Site):
         for r, plan in enumerate(plans):
             if plan.compute:
                 full = tuple(row(o, r) - row(p.region_in[i], r) for o, i in zip(span_out, self._span_at))
-                self._verify_history(ctx, r).record(ctx.position, ctx.t, full)
+                self._verify_history(ctx, r).record(ctx.index, ctx.t, full)
         return out
 
     def _verify_history(self, ctx: CallContext, r: int) -> RowHistory:

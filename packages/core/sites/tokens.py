@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import CallContext, RowPlan
+from .base import CallContext, Plans
 from .module import ModuleSite, flatten
 
 
@@ -74,9 +74,9 @@ class TokenSite(ModuleSite):
         self.selection = selection
         self.layer, self.layers = layer, layers
 
-    def _execute(self, ctx: CallContext, plans: list[RowPlan], original, bound, key):
-        x = next(v for v in bound.arguments.values() if torch.is_tensor(v))
-        parts = super()._execute(ctx, plans, original, bound, key)
+    def _execute(self, ctx: CallContext, plans: Plans, original, args, kwargs, key):
+        x = next(v for v in (*args, *kwargs.values()) if torch.is_tensor(v))
+        parts = super()._execute(ctx, plans, original, args, kwargs, key)
         steps = None if ctx.timesteps is None else len(ctx.timesteps)
         frac = self.selection.fraction(self.layer, self.layers, ctx.step, steps)
         for r, plan in enumerate(plans):
@@ -94,7 +94,7 @@ class TokenSite(ModuleSite):
             self.runtime.extra(key, k / x.shape[1])
             for c, f in enumerate(fresh):
                 parts[c][r, idx] = f[0].to(parts[c].dtype)
-                hist.values[-1][c][0, idx] = f[0].to(hist.values[-1][c].dtype)
+                hist.parts[c][-1][0, idx] = f[0].to(hist.parts[c][-1].dtype)
             hist.extra["x"][0, idx] = x[r, idx]
             hist.extra["age"][idx] = 0
         return parts
