@@ -69,10 +69,11 @@ class Accounts:
 
     def skipped(self, key: Hashable, rows: float, flops: float | None = None) -> None:
         """``rows`` rows did not run ``key`` (``flops``: per-row FLOPs, when counted analytically)."""
-        per_row = self.meter.per_row(key) if flops is None else (flops if self.meter.enabled else None)
+        per_row = self.meter.counts.get(key) if flops is None else (flops if self.meter.enabled else None)
         if per_row is None:
             if self.meter.enabled:
-                log.warning("forecache: no FLOP count yet for %s; its skip is not counted in stats()", key[:2])
+                shown = key[:2] if isinstance(key, tuple) else key
+                log.warning("forecache: no FLOP count yet for %s; its skip is not counted in stats()", shown)
             return
         self.stats.flops_skipped += per_row * rows
 

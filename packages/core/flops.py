@@ -34,15 +34,16 @@ class FlopMeter:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._per_row: dict[Hashable, float] = {}
+        #: per-row FLOPs of every key counted so far
+        self.counts: dict[Hashable, float] = {}
 
     def run(self, key: Hashable, rows: int, fn: Callable[[], Any]) -> Any:
-        if not self.enabled or key in self._per_row or rows <= 0:
+        if not self.enabled or key in self.counts or rows <= 0:
             return fn()
         with flop_counter() as mode:
             out = fn()
-        self._per_row[key] = mode.get_total_flops() / rows
+        self.counts[key] = mode.get_total_flops() / rows
         return out
 
     def per_row(self, key: Hashable) -> float | None:
-        return self._per_row.get(key)
+        return self.counts.get(key)

@@ -47,8 +47,11 @@ class BlockIO:
                 f"returns {self.returns} must name exactly the state {self.state} plus the dropped streams {self.dropped}"
             )
 
-    def bind(self, forward, args: tuple, kwargs: dict) -> inspect.BoundArguments:
-        bound = _signature(forward).bind(*args, **kwargs)
+    def bind(
+        self, forward, args: tuple, kwargs: dict, signature: inspect.Signature | None = None
+    ) -> inspect.BoundArguments:
+        """The call's arguments by name (``signature``: ``forward``'s, when the caller holds it)."""
+        bound = (signature or _signature(forward)).bind(*args, **kwargs)
         if not bound.arguments.keys() >= set(self.state):
             missing = sorted(set(self.state) - bound.arguments.keys())
             raise TypeError(f"block call has no argument {missing}; BlockIO.state is {self.state}")

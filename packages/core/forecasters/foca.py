@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,39 @@ from .differences import taylor_weights, weighted_sum
 
 def _combine(a: Sequence[float], b: Sequence[float], wa: float, wb: float) -> list[float]:
     return [wa * x + wb * y for x, y in zip(a, b)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _chain(
+    times: tuple[float, ...], targets: tuple[float, ...], order: int, keep: int
+) -> tuple[tuple[float, tuple[float, ...]], ...]:
+    """FoCa's chain after forecasting ``targets`` in turn from the points computed at ``times``:
+    ``(time, weights on the computed values)`` of its last ``keep`` entries, the newest last."""
+    n = len(times)
+    if not targets:  # the chain starts at the computed points, each a unit weight on itself
+        return tuple((x, tuple(1.0 if i == j else 0.0 for i in range(n))) for j, x in enumerate(times))
+    chain = list(_chain(times, targets[:-1], order, keep))
+    t = targets[-1]
+    t_k, f_k = chain[-1]
+    t_km1, f_km1 = chain[-2]
+    h, big_h = t - t_k, t_k - t_km1
+    if h == 0.0:
+        raise ValueError(f"FoCa.predict got t={t}, the time of the newest point; compute it instead")
+    window = chain[-(order + 1) :]
+    d1 = taylor_weights([x for x, _ in window])[1]  # P'(t_k) as weights on the window points
+    slope = [sum(d1[i] * w[j] for i, (_, w) in enumerate(window)) for j in range(n)]
+    omega = h / big_h
+    if abs(1 + 2 * omega) < 1e-12:
+        # Variable-step BDF2 is singular there: t lies back halfway between the last two points.
+        raise ValueError(f"FoCa cannot forecast t={t}, halfway back between times {t_km1} and {t_k}")
+    a, b, c = ((1 + omega) ** 2, omega**2, h * (1 + omega))
+    a, b, c = a / (1 + 2 * omega), b / (1 + 2 * omega), c / (1 + 2 * omega)
+    forecast = [a * x - b * y + c * s for x, y, s in zip(f_k, f_km1, slope)]
+    slope_next = _combine(forecast, f_k, 1.0 / h, -1.0 / h)
+    calibrated = _combine(f_k, _combine(slope, slope_next, 1.0, 1.0), 1.0, h / 2)
+    chain.append((t, tuple(calibrated)))
+    # Only the last order + 1 points (and at least two, for BDF2) are ever read.
+    return tuple(chain[-keep:])
 
 
 @dataclass(frozen=True)
@@ -78,34 +112,10 @@ class FoCa(Forecaster):
     ) -> torch.Tensor:
         if len(times) < 2:
             raise ValueError(f"FoCa needs {self.min_history} computed points, got {len(times)}")
-        n = len(values)
         key = tuple(float(x) for x in times)
-        if state.get("foca_times") != key:
-            # Fresh gap: the chain starts at the computed points, each a unit weight on itself.
-            state["foca_times"] = key
-            state["foca_chain"] = [(x, [1.0 if i == j else 0.0 for i in range(n)]) for j, x in enumerate(key)]
-        chain = state["foca_chain"]
-        t_k, f_k = chain[-1]
-        t_km1, f_km1 = chain[-2]
-        h, big_h = float(t) - t_k, t_k - t_km1
-        if h == 0.0:
-            raise ValueError(f"FoCa.predict got t={t}, the time of the newest point; compute it instead")
-
-        window = chain[-(self.derivative_order + 1) :]
-        d1 = taylor_weights([x for x, _ in window])[1]  # P'(t_k) as weights on the window points
-        slope = [sum(d1[i] * w[j] for i, (_, w) in enumerate(window)) for j in range(n)]
-
-        omega = h / big_h
-        if abs(1 + 2 * omega) < 1e-12:
-            # Variable-step BDF2 is singular there: t lies back halfway between the last two points.
-            raise ValueError(f"FoCa cannot forecast t={t}, halfway back between times {t_km1} and {t_k}")
-        a, b, c = ((1 + omega) ** 2, omega**2, h * (1 + omega))
-        a, b, c = a / (1 + 2 * omega), b / (1 + 2 * omega), c / (1 + 2 * omega)
-        forecast = [a * x - b * y + c * s for x, y, s in zip(f_k, f_km1, slope)]
-        slope_next = _combine(forecast, f_k, 1.0 / h, -1.0 / h)
-        calibrated = _combine(f_k, _combine(slope, slope_next, 1.0, 1.0), 1.0, h / 2)
-
-        chain.append((float(t), calibrated))
-        # Only the last derivative_order + 1 points (and at least two, for BDF2) are ever read.
-        del chain[: max(0, len(chain) - self.max_history)]
-        return weighted_sum(list(values), calibrated).to(values[-1].dtype)
+        # the chain of forecasts since the last compute is a function of the computed times and the
+        # forecast times alone: the state keeps those, and the weights are computed once per chain
+        targets = (state["foca_targets"] if state.get("foca_times") == key else ()) + (float(t),)
+        calibrated = _chain(key, targets, self.derivative_order, self.max_history)[-1][1]
+        state["foca_times"], state["foca_targets"] = key, targets
+        return weighted_sum(values, calibrated).to(values[-1].dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,17 @@ def hermite(n: int, x: float) -> float:
     for k in range(1, n):
         prev, cur = cur, 2.0 * x * cur - 2.0 * k * prev
     return cur
+
+
+@functools.lru_cache(maxsize=1024)
+def _combined(times: tuple[float, ...], t: float, step: float, sigma: float) -> tuple[float, ...]:
+    """One weight per computed value; every row and site of a step asks for the same ones."""
+    n = len(times)
+    x = (t - times[-1]) / step
+    w = taylor_weights(times)
+    # term p: (F^(p)/p!) * step^p * σ^p H_p(σx), with H_0 = 1 giving F itself.
+    basis = [(step * sigma) ** p * hermite(p, sigma * x) for p in range(n)]
+    return tuple(sum(w[p][j] * basis[p] for p in range(n)) for j in range(n))
 
 
 @dataclass(frozen=True)
@@ -81,14 +93,9 @@ class Hermite(Forecaster):
         self, times: Sequence[float], values: Sequence[torch.Tensor], t: float, state: dict
     ) -> torch.Tensor:
         n = min(self.order + 1, len(times))
-        pts_t, pts_v = list(times[-n:]), list(values[-n:])
-        u = float(t) - float(pts_t[-1])
+        u = float(t) - float(times[-1])
         if u == 0.0:
             raise ValueError(f"Hermite.predict got t={t}, the time of the last computed point; compute instead")
         step = state.setdefault("hermite_step", u)
-        x = u / step
-        w = taylor_weights(pts_t)
-        # term p: (F^(p)/p!) * step^p * σ^p H_p(σx), with H_0 = 1 giving F itself.
-        basis = [(step * self.sigma) ** p * hermite(p, self.sigma * x) for p in range(n)]
-        combined = [sum(w[p][j] * basis[p] for p in range(n)) for j in range(n)]
-        return weighted_sum(pts_v, combined).to(values[-1].dtype)
+        weights = _combined(tuple(times[-n:]), float(t), step, float(self.sigma))
+        return weighted_sum(values[-n:], weights).to(values[-1].dtype)

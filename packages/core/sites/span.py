@@ -10,6 +10,7 @@ residual feature, CRF). The tail blocks always run and correct what the region a
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,7 @@ class SpanSite(Site):
 
     def install(self) -> None:
         self._orig = [self.runtime.wrap(b.module, partial(self._call, i), self) for i, b in enumerate(self.blocks)]
+        self._signatures = [inspect.signature(f) for f in self._orig]
 
     def reset(self) -> None:
         super().reset()
@@ -97,9 +99,10 @@ class SpanSite(Site):
             return original(*args, **kwargs)
         block = self.blocks[i]
         io = block.io
-        bound = io.bind(self._orig[i], args, kwargs)
+        bound = io.bind(self._orig[i], args, kwargs, self._signatures[i])
+        state = io.state_in(bound)
         if i == 0:
-            self._pass = _Pass(ctx, span_in=io.state_in(bound))
+            self._pass = _Pass(ctx, span_in=state)
             if self.trigger.signal == "modulated_input":
                 signal = self.adapter.modulated_input(block, args, kwargs)
                 self._pass.signal = signal if signal is not None else self._pass.span_in[0]
@@ -111,13 +114,13 @@ class SpanSite(Site):
             )
         p.bound[i] = bound
         if i < self.r0 or i >= self.r1:
-            out = self._run(i, bound, None)
+            out = self._run(i, bound, state, None)
             if i == len(self.blocks) - 1 and self.trigger.verifies:
                 out = self._verify(io.state_out(out), out)
             return out
         if i == self.r0:
-            self._plan(p, io.state_in(bound))
-        out = self._run(i, bound, p.plans)
+            self._plan(p, state)
+        out = self._run(i, bound, state, p.plans)
         if i == self.r1 - 1:
             out = io.make_output(self._finish_region(p, io.state_out(out)))
         return out
@@ -151,10 +154,9 @@ class SpanSite(Site):
         return tuple(final)
 
     # -- running blocks on some rows ------------------------------------------------------------
-    def _run(self, i: int, bound, plans: Plans | None):
+    def _run(self, i: int, bound, state: tuple[torch.Tensor, ...], plans: Plans | None):
         io = self.blocks[i].io
         batch = self._pass.ctx.batch
-        state = io.state_in(bound)
         key = (self.name, i, tuple([s.shape[1:] for s in state]))
         runtime = self.runtime
         if plans is None or plans.forecast is None:
