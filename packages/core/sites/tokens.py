@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..tokens import put_tokens, take_tokens
 from .base import CallContext, Plans
 from .module import ModuleSite, flatten
 
@@ -78,31 +79,41 @@ class TokenSite(ModuleSite):
         x = next(v for v in (*args, *kwargs.values()) if torch.is_tensor(v))
         parts = super()._execute(ctx, plans, original, args, kwargs, key)
         steps = None if ctx.timesteps is None else len(ctx.timesteps)
-        frac = self.selection.fraction(self.layer, self.layers, ctx.step, steps)
+        k = int(self.selection.fraction(self.layer, self.layers, ctx.step, steps) * x.shape[1])
+        stale = []  # rows that reuse this step: their k stalest tokens are recomputed together
         for r, plan in enumerate(plans):
-            hist = self.history(ctx, r)
+            hist = plan.hist
             if plan.compute:
                 hist.keep("x", x[r : r + 1])
                 hist.extra["age"] = torch.zeros(x.shape[1], device=x.device)
                 continue
-            k = int(frac * x.shape[1])
             hist.extra["age"] = hist.extra.get("age", torch.zeros(x.shape[1], device=x.device)) + 1
-            if k == 0 or x.dim() != 3:
-                continue
-            idx = self._select(hist, x[r : r + 1], k)
-            fresh, _ = flatten(original(x[r : r + 1, idx]))
-            self.runtime.extra(key, k / x.shape[1])
+            if k and x.dim() == 3:
+                stale.append(r)
+        if not stale:
+            return parts
+        hists = [plans[r].hist for r in stale]
+        rows = torch.tensor(stale, device=x.device)
+        xs = x.index_select(0, rows)
+        pos = self._select(xs, torch.cat([h.extra["x"] for h in hists]), torch.stack([h.extra["age"] for h in hists]), k)
+        fresh, _ = flatten(original(take_tokens(xs, pos)))  # every stale row in one call
+        self.runtime.extra(key, len(stale) * k / x.shape[1])
+        parts = list(parts)
+        for c, f in enumerate(fresh):
+            parts[c] = parts[c].index_copy(0, rows, put_tokens(parts[c].index_select(0, rows), pos, f))
+        for i, hist in enumerate(hists):  # the histories are the rows' own: each takes its fresh tokens
+            idx = pos[i]
             for c, f in enumerate(fresh):
-                parts[c][r, idx] = f[0].to(parts[c].dtype)
-                hist.parts[c][-1][0, idx] = f[0].to(hist.parts[c][-1].dtype)
-            hist.extra["x"][0, idx] = x[r, idx]
+                hist.parts[c][-1][0, idx] = f[i].to(hist.parts[c][-1].dtype)
+            hist.extra["x"][0, idx] = xs[i, idx]
             hist.extra["age"][idx] = 0
-        return parts
+        return tuple(parts)
 
-    def _select(self, hist, x: torch.Tensor, k: int) -> torch.Tensor:
-        ref = hist.extra["x"]
+    def _select(self, x: torch.Tensor, ref: torch.Tensor, age: torch.Tensor, k: int) -> torch.Tensor:
+        """Each row's ``k`` tokens (rows, k) with the highest cache score (input change, staleness,
+        spatial spread)."""
         change = (x - ref).float().norm(dim=-1) / ref.float().norm(dim=-1).clamp_min(1e-6)
         score = torch.nn.functional.normalize(change, dim=-1)
-        score = score + self.selection.frequency_weight * hist.extra["age"][None] / self.selection.interval
+        score = score + self.selection.frequency_weight * age / self.selection.interval
         score = spatial_bonus(score, self.selection.spatial_bonus)
-        return score[0].topk(k).indices
+        return score.topk(k, dim=-1).indices
