@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -43,24 +44,12 @@ class Accounts:
         self, site: Site, ctx: CallContext, r: int, action: str, metric: float | None = None, note: str | None = None
     ) -> None:
         """Record row ``r``'s decision at ``site`` (see :class:`forecache.core.telemetry.Decision`)."""
-        site = site.name
         row = r if ctx.rows is None else ctx.rows[r]
-        self.trace.append(Decision(ctx.generation, ctx.step, ctx.branch, row, site, ctx.t, action, metric, note, ctx.segment))
-        s = self.stats.sites[site]
-        if action in _UNDONE:
-            s["cached"] -= 1
-            if action == "rejected":
-                self.stats.rejected_forecasts += 1
-            elif action == "guarded":
-                self.stats.guarded_forecasts += 1
-                log.info("forecache: %s vetoed the forecast at step %d row %d (%s); computed", site, ctx.step, r, note)
-            else:
-                self.stats.nonfinite_recomputes += 1
-                log.warning("forecache: non-finite forecast at %s step %d row %d; recomputed", site, ctx.step, r)
-            return
-        s["rows"] += 1
-        if action not in _COMPUTED:
-            s["cached"] += 1
+        self.trace.append(Decision(ctx.generation, ctx.step, ctx.branch, row, site.name, ctx.t, action, metric, note, ctx.segment))
+        if action == "guarded":
+            log.info("forecache: %s vetoed the forecast at step %d row %d (%s); computed", site.name, ctx.step, row, note)
+        elif action == "nonfinite":
+            log.warning("forecache: non-finite forecast at %s step %d row %d; recomputed", site.name, ctx.step, row)
 
     # -- FLOPs -----------------------------------------------------------------------------------
     def run(self, key: Hashable, rows: int, fn: Callable[[], Any]) -> Any:
@@ -115,5 +104,20 @@ class Accounts:
         self._checks.clear()
 
     def summary(self) -> Stats:
-        self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.storage.peak_bytes)
-        return self.stats
+        """The stats, their decision counts folded from the trace."""
+        stats = self.stats
+        stats.peak_cache_bytes = max(stats.peak_cache_bytes, self.storage.peak_bytes)
+        sites: dict = defaultdict(lambda: {"rows": 0, "cached": 0})
+        undone = dict.fromkeys(_UNDONE, 0)
+        for d in self.trace:
+            s = sites[d.site]
+            if d.action in undone:
+                s["cached"] -= 1
+                undone[d.action] += 1
+            else:
+                s["rows"] += 1
+                s["cached"] += d.action not in _COMPUTED
+        stats.sites = sites
+        stats.rejected_forecasts, stats.guarded_forecasts = undone["rejected"], undone["guarded"]
+        stats.nonfinite_recomputes = undone["nonfinite"]
+        return stats

@@ -4,7 +4,8 @@ target, in a bounded number of generations.
 Caching grows with the knob (see :mod:`.knobs`), so the compute ratio falls and the fidelity
 against the uncached output falls as the knob grows. Both are step functions of the knob (a
 generation computes a whole number of steps), so the search brackets the boundary where the
-target starts (or stops) being met and bisects it:
+target starts (or stops) being met and bisects it (:func:`.bisect.bracket_and_bisect`, the one search every
+calibration shares):
 
 1. bracket: the never-skip value is one side (compute ratio 1, identical output); probe the
    preset's default, then double it until the target flips, up to the knob's limit (for an
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..adapters.base import Adapter
 from ..presets.registry import lookup
+from .bisect import bracket_and_bisect
 from .knobs import Knob, knob_for
 from .recording import Generate, as_generations
 from .runs import run_policy, run_uncached
@@ -189,7 +191,11 @@ def search_knob(
             return False
 
     try:
-        _bracket_and_bisect(knob, probe, aggressive, close, max_probes, config.resolution, lambda: len(probes))
+        # the never-skip value is the unprobed safe side; growth doubles; the budget counts distinct values run
+        bracket_and_bisect(probe, aggressive, start=knob.default, max_probes=max_probes, lower=knob.never_skip,
+                           upper=knob.limit, integer=knob.integer, grow=2.0, shrink=None,
+                           resolution=config.resolution, close=close, value_of=lambda ev: ev.value,
+                           used=lambda: len(probes))
     finally:
         bar.close()
     evaluations = sorted(probes.values(), key=lambda e: e.value)
@@ -205,59 +211,6 @@ def search_knob(
     return SearchResult(method, knob.name, best.value, target_d, best, met, evaluations,
                         grid.get("steps", 0), tuple(grid.get("time_grid", ())), len(gens),
                         _json_options(options))
-
-
-def _bracket_and_bisect(
-    knob: Knob,
-    probe: Callable[[float], Evaluation],
-    aggressive: Callable[[Evaluation], bool],
-    close: Callable[[Evaluation], bool],
-    max_probes: int,
-    resolution: float,
-    used: Callable[[], int],
-) -> None:
-    """Narrow ``[near, far]`` around the boundary where probes turn ``aggressive``.
-
-    ``near`` starts at the never-skip value, which is never aggressive (compute ratio 1, the
-    uncached output) and is not run. Stops early on a probe ``close`` to the target.
-    """
-    near, far = knob.never_skip, None
-    ev = probe(knob.default)
-    if close(ev):
-        return
-    if aggressive(ev):
-        far = ev.value
-    else:  # grow the knob until the probes turn aggressive
-        near = ev.value
-        while used() < max_probes and near < knob.limit:
-            ev = probe(knob.clamp(near * 2 if not knob.integer else max(near * 2, near + 1)))
-            value = ev.value
-            if value <= near:  # the knob cannot grow further (its limit, or the step count)
-                return
-            if close(ev):
-                return
-            if aggressive(ev):
-                far = value
-                break
-            near = value
-        if far is None:  # out of reach within the knob's range (or the budget)
-            return
-    while used() < max_probes:
-        if knob.integer:
-            if far - near <= 1:
-                return
-            mid = (near + far) // 2
-        else:
-            if near > 0 and far / near <= 1 + resolution:
-                return
-            mid = math.sqrt(near * far) if near > 0 else far / 2
-        ev = probe(mid)
-        if close(ev):
-            return
-        if aggressive(ev):
-            far = mid
-        else:
-            near = mid
 
 
 def _choose_for_ratio(

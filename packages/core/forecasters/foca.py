@@ -112,7 +112,7 @@ class FoCa(Forecaster):
     ) -> torch.Tensor:
         if len(times) < 2:
             raise ValueError(f"FoCa needs {self.min_history} computed points, got {len(times)}")
-        key = tuple(float(x) for x in times)
+        key = tuple(times)
         # the chain of forecasts since the last compute is a function of the computed times and the
         # forecast times alone: the state keeps those, and the weights are computed once per chain
         targets = (state["foca_targets"] if state.get("foca_times") == key else ()) + (float(t),)

@@ -176,6 +176,7 @@ class Site:
         need, found, key, branch, mapped = forecaster.min_history, self._rows, self.key, ctx.branch, ctx.rows
         plans = Plans()
         forecast: list[int] = []  # indices into plans (and rows) of the rows forecast
+        values: list[tuple[torch.Tensor, ...]] = []  # their forecasts
         for i, r in enumerate(rows):
             k = (branch, r if mapped is None else mapped[r]) if key is by_row else key(ctx, r)
             hist = found.get(k)
@@ -200,9 +201,11 @@ class Site:
                 plans.append(RowPlan(True, obs, None, hist))
                 record(self, ctx, r, "compute", metric)
             else:
-                plans.append(RowPlan(False, obs, hist.forecast(forecaster, t, like.dtype, like.device, position), hist))
+                value = hist.forecast(forecaster, t, like.dtype, like.device, position)
+                plans.append(RowPlan(False, obs, value, hist))
                 record(self, ctx, r, "cached", metric)
                 forecast.append(i)
+                values.append(value)
         if forecast and vet is not None:
             reasons = list(vet([rows[i] for i in forecast], [plans[i].value for i in forecast]))
             if len(reasons) != len(forecast):
@@ -215,9 +218,9 @@ class Site:
                     plans[i].compute, plans[i].value = True, None
                     record(self, ctx, rows[i], "guarded", None, note=str(reason))
             forecast = [i for i in forecast if not plans[i].compute]
+            values = [plans[i].value for i in forecast]
         plans.computing = len(plans) - len(forecast)
         if forecast:
-            values = [plans[i].value for i in forecast]
             plans.forecast = values[0] if len(values) == 1 else tuple([torch.cat(c, dim=0) for c in zip(*values)])
             runtime.check_finite(self, ctx, [rows[i] for i in forecast], plans.forecast)
         return plans

@@ -88,14 +88,14 @@ class ModuleSite(Site):
         ctx = self.runtime.context(self)
         if ctx is None:
             return original(*args, **kwargs)
-        tensors = [v for v in (*args, *kwargs.values()) if torch.is_tensor(v)]
+        tensors = list(filter(torch.is_tensor, (*args, *kwargs.values())))
         if not tensors:
             raise TypeError(f"site {self.name}: the module call has no tensor argument to cache on")
         x = tensors[0]
         if x.shape[0] != ctx.batch:  # attention over frames may fold frames into the batch
             ctx = dataclasses.replace(ctx, batch=int(x.shape[0]))
         plans = self.plan(ctx, x, x if self.trigger.signal == "input" else None)
-        key = (self.name, tuple([v.shape[1:] for v in tensors]))
+        key = (self.name, (x.shape[1:],) if len(tensors) == 1 else tuple([v.shape[1:] for v in tensors]))
         parts = self._execute(ctx, plans, original, args, kwargs, key)
         self.observe(ctx, plans, x, parts, parts)
         return parts[0] if self._template is None else rebuild(self._template, parts)

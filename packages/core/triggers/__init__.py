@@ -2,7 +2,8 @@
 
 One file per rule: fixed interval (FORA, DeepCache), accumulated rescaled relative L1 (TeaCache),
 probe-residual change (FBCache, DBCache), residual magnitude ratio (MagCache), transform rate
-(EasyCache), per-layer warm-up thresholds (Foresight), forecast-then-verify (SpeCa).
+(EasyCache), per-layer warm-up thresholds (Foresight), forecast-then-verify (SpeCa), and a change measured while
+reusing, acted on at the next step (dLLM-Cache's drift refresh).
 """
 
 from .base import Observation, Trigger, ask
@@ -16,6 +17,7 @@ from .magnitude import (
     MagnitudeProfile,
     MagnitudeRatio,
 )
+from .measured_change import MeasuredChange
 from .probe_residual import DBCACHE_DEFAULTS, FBCACHE_FLUX_THRESHOLD, ProbeResidual
 from .rel_l1 import TEACACHE_FLUX_COEFFICIENTS, RelativeL1
 from .speculative import Speculative
@@ -33,6 +35,7 @@ __all__ = [
     "Interval",
     "MagnitudeProfile",
     "MagnitudeRatio",
+    "MeasuredChange",
     "Observation",
     "ProbeResidual",
     "RelativeL1",
