@@ -51,10 +51,8 @@ class RowHistory:
         kept = self.storage.keep_all(value)
         if len(self.parts) != len(kept):
             self.parts = [[] for _ in kept]
-            self.scratch = [{} for _ in kept]
-        else:
-            for s in self.scratch:
-                s.clear()
+        # new dicts, not cleared ones: histories forecast together share their forecaster state
+        self.scratch = [{} for _ in kept]
         for column, x in zip(self.parts, kept):
             column.append(x)
         times.append(t)
@@ -66,11 +64,7 @@ class RowHistory:
     ) -> tuple[torch.Tensor, ...]:
         """The forecaster's prediction at time ``t`` (step ``step``). A forecaster on the ``index``
         basis sees the computed points' step indices and the target step instead of times."""
-        coords, target = self.times, t
-        if forecaster.basis == "index":
-            if step is None:
-                raise ValueError(f"{type(forecaster).__name__}(basis='index') needs the step index; this site does not pass it")
-            coords, target = [float(s) for s in self.steps], float(step)
+        coords, target = self.coordinates(forecaster, t, step)
         predict = forecaster.predict
         if len(self.parts) == 1:
             return (predict(coords, self.parts[0], target, self.scratch[0]).to(dtype=dtype, device=device),)
@@ -78,6 +72,15 @@ class RowHistory:
             predict(coords, column, target, scratch).to(dtype=dtype, device=device)
             for column, scratch in zip(self.parts, self.scratch)
         ])
+
+    def coordinates(self, forecaster: Forecaster, t: float, step: int | None) -> tuple[list[float], float]:
+        """The coordinates ``forecaster`` sees: the computed points' times and ``t``, or their step
+        indices and ``step`` on the ``index`` basis."""
+        if forecaster.basis != "index":
+            return self.times, t
+        if step is None:
+            raise ValueError(f"{type(forecaster).__name__}(basis='index') needs the step index; this site does not pass it")
+        return [float(s) for s in self.steps], float(step)
 
     def _pop(self, i: int) -> None:
         self.times.pop(i)
@@ -100,3 +103,24 @@ class RowHistory:
             self.storage.drop(x)
         self._kept.clear()
         self.extra.clear()
+
+
+def forecast_together(
+    hists: list[RowHistory], forecaster: Forecaster, t: float, dtype: torch.dtype, device: torch.device,
+    step: int | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """The forecasts of histories that hold the same computed times, each part stacked over them in
+    order: one prediction over their stacked points instead of one per history (the same numbers,
+    for a ``rowwise`` forecaster). From then on they share the forecaster's state, which is the same
+    for all of them until one computes again (its record gives it a state of its own)."""
+    first = hists[0]
+    if len(hists) == 1:
+        return first.forecast(forecaster, t, dtype, device, step)
+    coords, target = first.coordinates(forecaster, t, step)
+    out = []
+    for c, scratch in enumerate(first.scratch):
+        points = [torch.cat([h.parts[c][j] for h in hists]) for j in range(len(coords))]
+        out.append(forecaster.predict(coords, points, target, scratch).to(dtype=dtype, device=device))
+    for h in hists[1:]:
+        h.scratch = first.scratch
+    return tuple(out)

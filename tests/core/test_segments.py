@@ -147,6 +147,7 @@ class NaNForLoudRows(Forecaster):
 
     min_history = 1
     max_history = 1
+    rowwise = False  # it judges the loudness of the rows it is given together
 
     def predict(self, times, values, t, state):
         v = values[-1]

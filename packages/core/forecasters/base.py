@@ -27,6 +27,12 @@ class Forecaster(abc.ABC):
     #: (the step index: the uniform-grid basis that papers' fixed coefficients assume).
     basis: str = "time"
 
+    #: ``predict`` treats each row of the values (their first dimension) on its own, and its ``state``
+    #: depends only on the times it was asked about: rows that hold the same computed times are then
+    #: forecast together, in one prediction over their stacked values. Set False for a forecaster
+    #: that mixes rows or keeps a row's own data in ``state``.
+    rowwise: bool = True
+
     def validate(self) -> None:
         """Raise ValueError naming the field and the fix when the configuration is invalid."""
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..forecasters.base import Forecaster
-from ..history import RowHistory
+from ..history import RowHistory, forecast_together
 from ..triggers.base import Observation, Trigger
 
 if TYPE_CHECKING:
@@ -176,7 +176,6 @@ class Site:
         need, found, key, branch, mapped = forecaster.min_history, self._rows, self.key, ctx.branch, ctx.rows
         plans = Plans()
         forecast: list[int] = []  # indices into plans (and rows) of the rows forecast
-        values: list[tuple[torch.Tensor, ...]] = []  # their forecasts
         for i, r in enumerate(rows):
             k = (branch, r if mapped is None else mapped[r]) if key is by_row else key(ctx, r)
             hist = found.get(k)
@@ -201,11 +200,15 @@ class Site:
                 plans.append(RowPlan(True, obs, None, hist))
                 record(self, ctx, r, "compute", metric)
             else:
-                value = hist.forecast(forecaster, t, like.dtype, like.device, position)
-                plans.append(RowPlan(False, obs, value, hist))
+                plans.append(RowPlan(False, obs, None, hist))
                 record(self, ctx, r, "cached", metric)
                 forecast.append(i)
-                values.append(value)
+        stacked = None
+        if len(forecast) == 1:
+            plan = plans[forecast[0]]
+            plan.value = stacked = plan.hist.forecast(forecaster, t, like.dtype, like.device, position)
+        elif forecast:
+            stacked = self._forecast(plans, forecast, t, like, position)
         if forecast and vet is not None:
             reasons = list(vet([rows[i] for i in forecast], [plans[i].value for i in forecast]))
             if len(reasons) != len(forecast):
@@ -217,13 +220,37 @@ class Site:
                 if reason is not None:
                     plans[i].compute, plans[i].value = True, None
                     record(self, ctx, rows[i], "guarded", None, note=str(reason))
+                    stacked = None
             forecast = [i for i in forecast if not plans[i].compute]
-            values = [plans[i].value for i in forecast]
         plans.computing = len(plans) - len(forecast)
         if forecast:
-            plans.forecast = values[0] if len(values) == 1 else tuple([torch.cat(c, dim=0) for c in zip(*values)])
+            if stacked is None:
+                values = [plans[i].value for i in forecast]
+                stacked = values[0] if len(values) == 1 else tuple([torch.cat(c, dim=0) for c in zip(*values)])
+            plans.forecast = stacked
             runtime.check_finite(self, ctx, [rows[i] for i in forecast], plans.forecast)
         return plans
+
+    def _forecast(self, plans: Plans, forecast: list[int], t: float, like: torch.Tensor, position: int):
+        """Fill the forecasts of rows ``forecast`` (indices into ``plans``); rows whose histories hold
+        the same computed times are forecast together. Returns every part stacked over those rows in
+        order when one prediction made them all, else ``None``."""
+        forecaster = self.forecaster
+        if forecaster.rowwise and len(forecast) > 1:
+            groups: dict[tuple, list[int]] = {}
+            for i in forecast:
+                groups.setdefault(tuple(plans[i].hist.times), []).append(i)
+            batches = list(groups.values())
+        else:
+            batches = [[i] for i in forecast]
+        for members in batches:
+            parts = forecast_together([plans[i].hist for i in members], forecaster, t, like.dtype, like.device, position)
+            if len(members) == 1:
+                plans[members[0]].value = parts
+            else:
+                for j, i in enumerate(members):
+                    plans[i].value = tuple([p[j : j + 1] for p in parts])
+        return parts if len(batches) == 1 else None
 
     def observe(
         self,
