@@ -10,7 +10,9 @@ caching; it only drives these two protocols:
    ``model(x, attention_mask, runner=runner, logits_at=...)`` and the model runs each transformer layer as
    ``h = runner(i, layer, h, cos, sin, key_mask)`` instead of ``layer(h, cos, sin, key_mask)``.
 3. After the last model call: ``state.stats()``, a plain ``dict`` the sampler returns under ``"cache"``
-   when ``generate(..., return_stats=True)``.
+   when ``generate(..., return_stats=True)``; and, if the state has one (optional, not part of the protocol's
+   required methods), ``state.trace()``, a core :class:`~forecache.core.telemetry.Trace` of its decisions, returned
+   under ``"trace"``.
 
 Layout of ``x`` (LongTensor ``(B', L)``, ``L = prompt_length + gen_length``): columns ``[0, prompt_length)``
 are the left-padded prompt (pads have ``attention_mask == 0``; they never change), columns

@@ -15,9 +15,11 @@ them, and lives here, in :class:`CachedLayers`, the base of their per-generation
 - :meth:`CachedLayers.values`: fresh value vectors of some tokens, which V-verify compares with the stored ones.
 
 The class also keeps what every such policy reports: token-layers seen and computed, matmul FLOPs done and those
-of the uncached model (:mod:`forecache.dllm.flops`), peak bytes, and the projections reused by
-``reuse_unchanged_qkv`` (in the first that many layers, a token whose layer input is bitwise the one its stored
-query/key/value came from keeps them; see :mod:`forecache.dllm.dllm_cache`).
+of the uncached model (:mod:`forecache.dllm.flops`), the bytes of the stored features (through a core
+:class:`~forecache.core.storage.Storage`: its byte budget raises core's ``CacheBudgetError``), the projections
+reused by ``reuse_unchanged_qkv`` (in the first that many layers, a token whose layer input is bitwise the one its
+stored query/key/value came from keeps them; see :mod:`forecache.dllm.dllm_cache`), and the trace of the refresh
+decisions its subclass records (a core ``Trace``, see :mod:`forecache.dllm.call_trigger`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+from forecache.core.storage import Storage
+from forecache.core.telemetry import Trace
 
 from .feature_store import LayerFeatures, changed_first, put_tokens, take_tokens
 from .flops import FlopTally, LayerShapes
@@ -64,22 +69,35 @@ class CachedLayers:
         ids: the token ids ``(B', L)`` of the current call (set by :meth:`begin_call`).
         prefix: an optional hook that fills a layer's first computation from features stored by earlier requests
             (:mod:`forecache.dllm.prefix_store`); None = compute it in full.
+        storage: the core :class:`~forecache.core.storage.Storage` that owns the stored features' bytes: its
+            ``max_bytes`` budget raises :class:`~forecache.core.storage.CacheBudgetError` when a layer's features
+            do not fit, its ``peak_bytes`` is the ``peak_cache_bytes`` of :meth:`layer_stats`. Default: a fresh
+            unbounded one. Its ``dtype`` must be None (features are stored in the model's dtype: partial
+            recomputes write fresh features into the stored tensors in place).
     """
 
     def __init__(
         self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
-        reuse_unchanged_qkv: int = 0,
+        reuse_unchanged_qkv: int = 0, storage: Storage | None = None,
     ) -> None:
+        if storage is not None and not isinstance(storage, Storage):
+            raise ValueError(f"storage={storage!r} is not a forecache.core.storage.Storage; pass one, or None")
+        if storage is not None and storage.dtype is not None:
+            raise ValueError(
+                f"storage has dtype={storage.dtype}; dLLM feature caches store features in the model's dtype "
+                "(partial recomputes write into them in place): pass Storage(dtype=None, max_bytes=...)"
+            )
         self.prompt_length, self.gen_length, self.block_length = prompt_length, gen_length, block_length
         self.store: list[LayerFeatures | None] = [None] * len(model.blocks)
         self.reuse_unchanged_qkv = reuse_unchanged_qkv
         self.ids: Tensor | None = None
         self.prefix: PrefixReuse | None = None
+        self.storage = storage if storage is not None else Storage()
+        self.decisions = Trace()  # the subclass's refresh decisions, one per part and model call
         self._rows: int | None = None
         # token-layer counters: seen (what the uncached model computes), computed (attention query + FFN)
         self.layer_calls = self.token_layers = self.computed = 0
         self.reused_qk = self.reused_v = 0  # token projections taken from the store by reuse_unchanged_qkv
-        self.cache_bytes_peak = 0
         shapes = LayerShapes.of(model)
         self.flops, self.flops_full = FlopTally(shapes), FlopTally(shapes)
 
@@ -91,7 +109,8 @@ class CachedLayers:
         rows = x.shape[0]
         dropped = rows != self._rows
         if dropped:
-            self.store = [None] * len(self.store)
+            for i in range(len(self.store)):
+                self._release(i)
             self._rows = rows
         self.ids = x
         self.flops.head(rows * self.block_length)
@@ -105,14 +124,37 @@ class CachedLayers:
         self.flops_full.full_layer(rows, length)
 
     def keep(self, i: int, features: LayerFeatures) -> None:
-        """Store layer ``i``'s features and update the peak byte count."""
-        self.store[i] = features
-        self.cache_bytes_peak = max(self.cache_bytes_peak, self.nbytes)
+        """Store layer ``i``'s features, replacing its old ones, through :attr:`storage`: the storage keeps its own
+        copies (bitwise equal, same layout) and counts their bytes, so the peak counts what is held after the
+        replacement; over the storage's byte budget, :class:`~forecache.core.storage.CacheBudgetError` (and the
+        layer holds nothing)."""
+        self._release(i)
+        kept = iter(self.storage.keep_all([t for t in _tensors(features) if t is not None]))
+        self.store[i] = LayerFeatures(*(None if t is None else next(kept) for t in _tensors(features)))
+
+    def _release(self, i: int) -> None:
+        """Drop layer ``i``'s stored features and give their bytes back to the storage."""
+        old = self.store[i]
+        if old is not None:
+            for t in _tensors(old):
+                if t is not None:
+                    self.storage.drop(t)
+        self.store[i] = None
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the stored features now."""
         return sum(s.nbytes for s in self.store if s is not None)
+
+    @property
+    def cache_bytes_peak(self) -> int:
+        """The most bytes the stored features held at once (the storage's peak): core's ``peak_cache_bytes``."""
+        return self.storage.peak_bytes
+
+    def trace(self) -> Trace:
+        """The refresh decisions of this generation, in order (a core ``Trace``: ``trace().to_json()``); the
+        conventions (one decision per part and model call, ``row=-1``) are in :mod:`forecache.dllm.call_trigger`."""
+        return self.decisions
 
     def changed(self, i: int, x: Tensor) -> Tensor | None:
         """Bool (B, L): tokens whose input ``x`` to layer ``i`` differs from the one their stored projections came
@@ -263,8 +305,17 @@ class CachedLayers:
         return q, k
 
     def layer_stats(self) -> dict[str, Any]:
-        """The counters every feature-cache state reports (its ``stats()`` adds its own)."""
+        """The counters every feature-cache state reports (its ``stats()`` adds its own).
+
+        Core's vocabulary: ``compute_ratio`` = matmul FLOPs executed / the uncached model's FLOPs on the same model
+        calls (on LLaDA's fixed schedule, the uncached run of the same request; under threshold or factor
+        decoding the calls this run made), ``peak_cache_bytes`` = the most bytes the stored features held. The
+        older names stay as aliases for now (the benchmark reads them): ``flops_fraction`` = ``compute_ratio``,
+        ``cache_bytes_peak`` = ``peak_cache_bytes``. ``compute_fraction`` is another measure (token-layers
+        computed / seen), not an alias.
+        """
         full = max(self.token_layers, 1)
+        ratio = self.flops.total / max(self.flops_full.total, 1)
         return {
             "layer_calls": self.layer_calls,
             "token_layers": self.token_layers,
@@ -272,6 +323,13 @@ class CachedLayers:
             "compute_fraction": self.computed / full,
             "flops": self.flops.total,
             "flops_full": self.flops_full.total,
-            "flops_fraction": self.flops.total / max(self.flops_full.total, 1),
+            "flops_fraction": ratio,
             "cache_bytes_peak": self.cache_bytes_peak,
+            "compute_ratio": ratio,
+            "peak_cache_bytes": self.cache_bytes_peak,
         }
+
+
+def _tensors(features: LayerFeatures) -> tuple[Tensor | None, ...]:
+    """A layer's stored tensors in :class:`LayerFeatures` field order (absent ones as None)."""
+    return (features.k, features.v, features.attn, features.ffn, features.q, features.x_in)

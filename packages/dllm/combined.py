@@ -52,8 +52,11 @@ import torch
 from torch import Tensor, nn
 
 from forecache.core.presets.registry import preset
+from forecache.core.storage import Storage
+from forecache.core.triggers import Interval
 
 from .cached_layers import CachedLayers, check_model, columns
+from .call_trigger import CallTrigger
 from .feature_store import take_tokens
 from .model import LayerRunner, LLaDABlock
 from .v_verify import pick_least_similar, value_similarity
@@ -100,11 +103,14 @@ class CombinedCache:
             )
 
     def start(
-        self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int
+        self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
+        storage: Storage | None = None,
     ) -> CombinedCacheState:
-        """A fresh per-generation state for ``model`` (a ``LLaDAModel``); nothing is shared between states."""
+        """A fresh per-generation state for ``model`` (a ``LLaDAModel``); nothing is shared between states.
+        ``storage``: a core ``Storage`` for the stored features (e.g. ``Storage(max_bytes=...)``: a byte budget);
+        default: an unbounded one of this state's own."""
         check_model("CombinedCache", model, prompt_length, gen_length, block_length)
-        return CombinedCacheState(self, model, prompt_length, gen_length, block_length)
+        return CombinedCacheState(self, model, prompt_length, gen_length, block_length, storage)
 
 
 @preset(domain="dllm")
@@ -138,16 +144,23 @@ class CombinedCacheState(CachedLayers):
 
     Rows (2B under CFG) are independent: each has its own features and its own V-verify picks. The first call of a
     block is recognised by a change of ``block`` (or of the batch size), so blocks may take any number of calls.
+
+    Decisions through core triggers (:mod:`forecache.dllm.call_trigger`), recorded in :meth:`~CachedLayers.trace`:
+    the prompt is an :class:`~forecache.core.triggers.Interval` of K_p over the generation's calls; the span an
+    ``Interval`` of K_r over the block's calls, the block's first call a forced compute (traced as ``"warmup"``:
+    the whole answer is computed there) from which the period counts.
     """
 
     def __init__(
-        self, policy: CombinedCache, model: nn.Module, prompt_length: int, gen_length: int, block_length: int
+        self, policy: CombinedCache, model: nn.Module, prompt_length: int, gen_length: int, block_length: int,
+        storage: Storage | None = None,
     ) -> None:
-        super().__init__(model, prompt_length, gen_length, block_length)
+        super().__init__(model, prompt_length, gen_length, block_length, storage=storage)
         self.policy = policy
         self.steps = 0
         self._block: int | None = None
-        self._call = 0  # calls since the current block's first
+        self._prompt = CallTrigger("prompt", Interval(policy.prompt_interval), self.decisions)
+        self._span = CallTrigger("span", Interval(policy.refresh_interval), self.decisions)
         self.block_start_steps: list[int] = []
         self.prompt_refresh_steps: list[int] = []
         self.span_refresh_steps: list[int] = []
@@ -167,21 +180,29 @@ class CombinedCacheState(CachedLayers):
         if not 0 <= block < R // bl:
             raise ValueError(f"CombinedCache: block={block} is outside [0, {R // bl})")
         dropped = self.begin_call(x)
-        first = dropped or block != self._block or self.store[-1] is None
+        empty = self.store[-1] is None
+        first = dropped or block != self._block or empty
         if first:
-            self._block, self._call = block, 0
+            self._block = block
             self.block_start_steps.append(step)
-        else:
-            self._call += 1
         policy = self.policy
         start = P + block * bl
         lo, hi = {"block": (start, start + bl), "suffix": (start, length), "answer": (P, length)}[policy.span]
         k = math.floor(policy.rho * (hi - lo) + 1e-9)
-        # rho = 1 picks every span token: a span refresh
-        refresh = not first and (self._call % policy.refresh_interval == 0 or k >= hi - lo)
+        # the span's period counts from the block's first call, which recomputes the whole answer
+        due, span_metric = self._span.decide(step, must=first)
+        every = k >= hi - lo  # rho = 1 picks every span token: a span refresh (outside the period's count)
+        refresh = not first and (due or every)
         part = (P, length) if first else (lo, hi) if refresh else None
-        prompt = step % policy.prompt_interval == 0
+        prompt, prompt_metric = self._prompt.decide(step)
         plan = _Plan(prompt, part, 0 if part else k, (lo, hi), prompt and part == (P, length))
+        self._prompt.record(step, "compute" if prompt else "warmup" if empty else "cached", prompt_metric, block,
+                            "no stored features (first call or new batch size)" if empty else None)
+        if first:
+            self._span.record(step, "warmup", span_metric, block, "block start: the whole answer computed")
+        else:
+            forced = "rho = 1: V-verify would pick every span token" if every and not due else None
+            self._span.record(step, "compute" if refresh else "cached", span_metric, block, forced)
         self.steps += 1
         if prompt:
             self.prompt_refresh_steps.append(step)
@@ -233,7 +254,8 @@ class CombinedCacheState(CachedLayers):
         """Telemetry: ``compute_fraction`` = token-layers computed (query, key/value, attention, FFN) / what the
         uncached model computes; ``flops``/``flops_full``/``flops_fraction`` (matmul FLOPs as computed, V-verify's
         values included, :mod:`forecache.dllm.flops`); the calls that started a block, refreshed the prompt,
-        refreshed the span, or computed everything; V-verify's work; ``cache_bytes_peak``."""
+        refreshed the span, or computed everything; V-verify's work; ``peak_cache_bytes`` and ``compute_ratio``
+        (core's names; ``cache_bytes_peak`` and ``flops_fraction`` are their aliases, kept for now)."""
         layers = self.layer_stats()
         return {
             "method": "fast_dllm_cache",

@@ -57,6 +57,7 @@ from typing import Any
 from torch import nn
 
 from forecache.core.presets.registry import preset
+from forecache.core.storage import Storage
 
 from .cached_layers import check_model
 from .dllm_cache_state import DllmCacheState
@@ -152,8 +153,13 @@ class DllmCache:
         if type(self.drift_accumulate) is not bool:  # 0/1 would pass a truth test silently
             raise ValueError(f"DllmCache.drift_accumulate={self.drift_accumulate!r} must be True or False")
 
-    def start(self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int) -> DllmCacheState:
-        """A fresh per-generation state for ``model`` (a ``LLaDAModel``); nothing is shared between states."""
+    def start(
+        self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
+        storage: Storage | None = None,
+    ) -> DllmCacheState:
+        """A fresh per-generation state for ``model`` (a ``LLaDAModel``); nothing is shared between states.
+        ``storage``: a core ``Storage`` for the stored features (e.g. ``Storage(max_bytes=...)``: a byte budget
+        that raises ``CacheBudgetError``); default: an unbounded one of this state's own."""
         check_model("DllmCache", model, prompt_length, gen_length, block_length)
         blocks = model.blocks
         layer = self.drift_layer
@@ -163,7 +169,7 @@ class DllmCache:
                 f"always_full_layers={self.always_full_layers}; pick a layer in "
                 f"[{self.always_full_layers}, {len(blocks)}) or None"
             )
-        return DllmCacheState(self, model, prompt_length, gen_length, block_length)
+        return DllmCacheState(self, model, prompt_length, gen_length, block_length, storage)
 
 
 @preset(domain="dllm")

@@ -6,6 +6,11 @@ computed once the tokens are chosen (full, or some tokens over stored keys/value
 across blocks) the state recomputes the prompt when ``step % K_p == 0``, the whole answer when ``step % K_r == 0``
 (or, under ``response_refresh="drift"``, the call after the drift crossed its threshold), and in between, per
 row and layer, V-verify's ``floor(rho * candidates)`` least-similar answer tokens.
+
+The two refresh decisions are core triggers asked once per call (:mod:`forecache.dllm.call_trigger`): the prompt an
+:class:`~forecache.core.triggers.Interval` of K_p, the answer an ``Interval`` of K_r or, under drift, a
+:class:`~forecache.core.triggers.MeasuredChange` fed the drift V-verify measured at the previous call (a call with
+no stored features must refresh it). Both are recorded in the state's :meth:`~CachedLayers.trace`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from forecache.core.storage import Storage
+from forecache.core.triggers import Interval, MeasuredChange
+
 from .cached_layers import CachedLayers, columns
+from .call_trigger import CallTrigger
 from .drift import row_drift, step_drift
 from .feature_store import take_tokens
 from .model import LayerRunner, LLaDABlock
@@ -40,11 +49,16 @@ class DllmCacheState(CachedLayers):
     """
 
     def __init__(
-        self, policy: DllmCache, model: nn.Module, prompt_length: int, gen_length: int, block_length: int
+        self, policy: DllmCache, model: nn.Module, prompt_length: int, gen_length: int, block_length: int,
+        storage: Storage | None = None,
     ) -> None:
         super().__init__(model, prompt_length, gen_length, block_length,
-                         reuse_unchanged_qkv=policy.reuse_unchanged_qkv)
+                         reuse_unchanged_qkv=policy.reuse_unchanged_qkv, storage=storage)
         self.policy = policy
+        self._prompt = CallTrigger("prompt", Interval(policy.prompt_interval), self.decisions)
+        response = (Interval(policy.response_interval) if policy.response_refresh == "interval"
+                    else MeasuredChange(policy.drift_threshold, policy.drift_accumulate))
+        self._response = CallTrigger("response", response, self.decisions)
         self._k = math.floor(policy.rho * gen_length + 1e-9)  # answer tokens V-verify picks per row
         self.steps = 0
         self.full_steps: list[int] = []
@@ -53,9 +67,8 @@ class DllmCacheState(CachedLayers):
         self.verified = self.selected = 0  # token-layers V-verified, V-verify picks
         self.adaptive_row_layers = 0  # (row, layer) pairs where V-verify picked tokens
         self.drift: list[tuple[int, float, float]] = []  # (step, drift, accumulated) of every call measuring it
-        self._accumulated = 0.0  # drift summed since the last response refresh
         self._open: dict[str, Any] | None = None  # the last call's per-step record, closed at the next call
-        self._refresh_due = False
+        self._change: float | None = None  # the last call's drift, for the response trigger's next decision
 
     def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
         """The layer runner for model call ``step`` (0-based, global across blocks). ``block`` (the block being
@@ -70,14 +83,17 @@ class DllmCacheState(CachedLayers):
         self._close_step()
         self.begin_call(x)
         policy = self.policy
-        prompt = step % policy.prompt_interval == 0
+        empty = self.store[-1] is None  # the first call, or a new batch size: every layer computes in full
+        prompt, prompt_metric = self._prompt.decide(step)
         if policy.response_refresh == "interval":
-            response = step % policy.response_interval == 0
-        else:  # the first call (or a new batch) computes everything anyway
-            response = self._refresh_due or self.store[-1] is None
-        self._refresh_due = False
-        if response:
-            self._accumulated = 0.0
+            response, response_metric = self._response.decide(step)
+        else:  # the drift of the last call decides; a call with nothing stored refreshes anyway
+            response, response_metric = self._response.decide(step, must=empty, signal=self._change)
+        self._change = None
+        note = "no stored features (first call or new batch size)" if empty else None
+        for part, computed, metric in ((self._prompt, prompt, prompt_metric),
+                                       (self._response, response, response_metric)):
+            part.record(step, "compute" if computed else "warmup" if empty else "cached", metric, block, note)
         self.steps += 1
         if prompt and response or self.store[-1] is None:
             self.full_steps.append(step)
@@ -104,12 +120,12 @@ class DllmCacheState(CachedLayers):
         return run
 
     def _close_step(self) -> None:
-        """Fold the last call's per-layer drifts into its drift and decide whether the next call refreshes."""
+        """Fold the last call's per-layer drifts into its drift, record it with the total the response trigger
+        will compare (its metric: ``MeasuredChange``'s running sum), and hand it to the next call's decision."""
         if self._open is not None and self._open["drift"]:
-            value = step_drift(self._open["drift"])
-            self._accumulated = value + (self._accumulated if self.policy.drift_accumulate else 0.0)
-            self.drift.append((self._open["step"], value, self._accumulated))
-            self._refresh_due = self._accumulated > self.policy.drift_threshold
+            step, value = self._open["step"], step_drift(self._open["drift"])
+            self.drift.append((step, value, self._response.peek(step, value)))
+            self._change = value
         self._open = None
 
     def _measures_drift(self, i: int) -> bool:
@@ -171,11 +187,13 @@ class DllmCacheState(CachedLayers):
 
     def stats(self) -> dict[str, Any]:
         """Telemetry: ``compute_fraction`` = token-layer attention (query) and FFN computations done / full (the
-        method recomputes both for the same tokens); ``flops_fraction`` = matmul FLOPs done / the uncached
+        method recomputes both for the same tokens); ``compute_ratio`` = matmul FLOPs done / the uncached
         model's (:mod:`forecache.dllm.flops`: projections as computed, V-verify's values, attention of the
         recomputed queries over every key, the head at the current block), refresh steps, V-verify work, the
-        tokens whose projections were reused, and the drift of each call that measured it (``[step, drift,
-        accumulated]``)."""
+        tokens whose projections were reused, the drift of each call that measured it (``[step, drift,
+        accumulated]``) and ``peak_cache_bytes``. Aliases kept for now (the benchmark reads them):
+        ``flops_fraction`` = ``compute_ratio``, ``cache_bytes_peak`` = ``peak_cache_bytes``. The decisions
+        behind the refresh steps are in :meth:`~CachedLayers.trace`."""
         self._close_step()
         full = max(self.token_layers, 1)
         layers = self.layer_stats()
@@ -201,4 +219,6 @@ class DllmCacheState(CachedLayers):
             "prompt_refresh_steps": list(self.prompt_refresh_steps),
             "response_refresh_steps": list(self.response_refresh_steps),
             "cache_bytes_peak": self.cache_bytes_peak,
+            "compute_ratio": layers["compute_ratio"],
+            "peak_cache_bytes": layers["peak_cache_bytes"],
         }

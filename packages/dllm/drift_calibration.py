@@ -4,7 +4,8 @@ With ``DllmCache(response_refresh="drift")`` (our option on dLLM-Cache, arXiv 25
 :mod:`forecache.dllm.drift`) the answer is refreshed when the drift since the last refresh exceeds
 ``drift_threshold``. A larger threshold refreshes less, so the compute fraction falls (stepwise: a generation
 refreshes a whole number of times) as the threshold grows. :func:`calibrate_drift` brackets the target and
-bisects geometrically (thresholds span decades):
+bisects geometrically (thresholds span decades), with core's one bracket/bisect search
+(:func:`forecache.core.calibration.bisect.bracket_and_bisect`, growing and shrinking by 4):
 
 1. probe ``start``; multiply by 4 while the fraction is above the target, divide by 4 while it is below, until
    the target is bracketed or nothing more can change: when no call's drift exceeded the threshold, any larger
@@ -15,23 +16,23 @@ bisects geometrically (thresholds span decades):
 The answer is the probe closest to the target within the tolerance (the smaller threshold on a tie); else the
 least aggressive probe that reaches the target; else (``met=False``) the cheapest probe.
 
-Why not :func:`forecache.core.calibration.search_knob`: it searches the knob a registered preset declares
+Why not :func:`forecache.core.calibration.search_knob` itself: it searches the knob a registered preset declares
 (``@preset(knob=...)``) and runs the preset's core ``Policy`` through core's ``apply()`` handles and their
 ``stats()``; dLLM-Cache is a sampler ``CachePolicy`` that core's ``apply()`` does not run, and its compute
-fraction comes from the cache state's own ``stats()``. Core's bracketing loop is private to that module, so this is the same idea,
-written for this policy.
+fraction comes from the cache state's own ``stats()``. Only the running of a probe differs: the search is shared.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from forecache.core.calibration.bisect import bracket_and_bisect
 
 from .dllm_cache import DllmCache
 from .sampler import generate
@@ -55,6 +56,17 @@ class DriftCalibration:
     metric: str
     policy: DllmCache
     probes: list[tuple[float, float]] = field(default_factory=list)
+
+
+class _Probe(NamedTuple):
+    """One threshold's run over every batch: the ``fraction`` achieved, and whether no call's drift exceeded the
+    threshold (``none_over``: any larger threshold makes the same decisions, hence the same run) or every call's
+    did (``all_over``: so does any smaller one)."""
+
+    threshold: float
+    fraction: float
+    none_over: bool
+    all_over: bool
 
 
 def _as_batches(batches: Batches) -> list[tuple[Tensor, Tensor | None]]:
@@ -123,11 +135,10 @@ def calibrate_drift(
         raise ValueError("calibrate_drift sets generate()'s cache and return_stats itself; leave them out")
     target = float(target_compute_fraction)
     done, total = METRICS[metric]
-    # threshold -> (fraction, no call's drift exceeded it, every call's did)
-    probes: dict[float, tuple[float, bool, bool]] = {}
+    probes: dict[float, _Probe] = {}  # in the order run
     bar = tqdm(total=max_probes, desc="calibrate drift_threshold", unit="probe", disable=not progress)
 
-    def probe(threshold: float) -> float:
+    def probe(threshold: float) -> _Probe:
         if threshold not in probes:
             candidate = replace(base, response_refresh="drift", drift_threshold=threshold)
             num = den = 0
@@ -138,21 +149,24 @@ def calibrate_drift(
                 cache = stats["cache"]
                 num, den = num + cache[done], den + cache[total]
                 drifts += [accumulated for _, _, accumulated in cache["drift"]]
-            probes[threshold] = (num / max(den, 1), all(d <= threshold for d in drifts),
-                                 all(d > threshold for d in drifts))
+            probes[threshold] = _Probe(threshold, num / max(den, 1), all(d <= threshold for d in drifts),
+                                       all(d > threshold for d in drifts))
             bar.update(1)
-            bar.set_postfix(threshold=f"{threshold:.4g}", fraction=f"{probes[threshold][0]:.3f}")
-        return probes[threshold][0]
+            bar.set_postfix(threshold=f"{threshold:.4g}", fraction=f"{probes[threshold].fraction:.3f}")
+        return probes[threshold]
 
     def close(fraction: float) -> bool:
         return abs(fraction - target) <= tolerance
 
     try:
-        _search(probe, close, lambda f: f <= target, lambda t: probes[t][1], lambda t: probes[t][2], start,
-                max_probes, resolution)
+        # bracket by factors of 4 both ways from ``start`` (threshold 0, a refresh after every measured call, is the
+        # least aggressive side); stop where the measured drifts show no other threshold can change the run
+        bracket_and_bisect(probe, lambda p: p.fraction <= target, start=start, max_probes=max_probes, lower=0.0,
+                           grow=4.0, shrink=4.0, resolution=resolution, close=lambda p: close(p.fraction),
+                           no_higher=lambda p: p.none_over, no_lower=lambda p: p.all_over)
     finally:
         bar.close()
-    ordered = [(t, f) for t, (f, _, _) in probes.items()]
+    ordered = [(t, p.fraction) for t, p in probes.items()]
     near = [p for p in ordered if close(p[1])]
     reached = [p for p in ordered if p[1] <= target]
     if near:
@@ -166,53 +180,3 @@ def calibrate_drift(
     return DriftCalibration(best[0], best[1], target, met, metric,
                             replace(base, response_refresh="drift", drift_threshold=best[0]), ordered)
 
-
-def _search(probe, close, reached, highest, lowest, start: float, max_probes: int, resolution: float) -> None:
-    """Bracket the threshold where ``reached(probe(t))`` turns True, then bisect it geometrically.
-
-    ``highest(t)``/``lowest(t)``: after probing ``t``, no larger/smaller threshold can give another run."""
-    used = 0
-
-    def run(t: float) -> float:
-        nonlocal used
-        used += 1
-        return probe(t)
-
-    lo, hi = 0.0, math.inf
-    t = start
-    f = run(t)
-    if close(f):
-        return
-    if reached(f):
-        hi = t
-        while used < max_probes and not lowest(t):  # shrink until the fraction rises above the target
-            t /= 4
-            f = run(t)
-            if close(f):
-                return
-            if not reached(f):
-                lo = t
-                break
-            hi = t
-    else:
-        lo = t
-        while used < max_probes and not highest(t):  # grow until the fraction falls to the target
-            t *= 4
-            f = run(t)
-            if close(f):
-                return
-            if reached(f):
-                hi = t
-                break
-            lo = t
-    if lo == 0.0 or math.isinf(hi):
-        return  # out of reach (or the budget is spent)
-    while used < max_probes and hi / lo > 1 + resolution:
-        t = math.sqrt(lo * hi)
-        f = run(t)
-        if close(f):
-            return
-        if reached(f):
-            hi = t
-        else:
-            lo = t

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from forecache.core.presets.registry import preset
+from forecache.core.telemetry import Decision, Trace
 
 from .model import LayerRunner, LLaDABlock
 
@@ -88,6 +89,7 @@ class FastDllmCacheState:
         self.refresh_steps: list[int] = []
         self.token_layers = self.computed = 0  # token-layer computations a full model does / this cache did
         self.cache_bytes_peak = 0
+        self.decisions = Trace()
 
     def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
         """The layer runner for model call ``step`` on block ``block``: a full, cache-refreshing call when the
@@ -106,6 +108,13 @@ class FastDllmCacheState:
             self._block, self._rows = block, rows
             self.k, self.v = [None] * len(self.k), [None] * len(self.v)  # drop the old block's K/V first
             self.refresh_steps.append(step)
+        # the refresh is the block's start (a segment boundary), not a trigger's: traced as "warmup", row -1 = the
+        # whole call (conventions of forecache.dllm.call_trigger)
+        self.decisions.append(Decision(
+            generation=0, step=step, branch=0, row=-1, site="kv", t=float(step),
+            action="warmup" if refresh else "cached", segment=block,
+            note="block start (or new batch size): every token computed, K/V stored" if refresh else None,
+        ))
         self.steps += 1
         start = self.prompt_length + block * self.block_length
         span = slice(start, start + self.block_length if self.policy.dual else length)
@@ -159,9 +168,15 @@ class FastDllmCacheState:
         """Bytes held by the stored keys and values now."""
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v) if t is not None)
 
+    def trace(self) -> Trace:
+        """The K/V decision of every model call (site ``"kv"``, ``row=-1``): ``"warmup"`` at a block's first call
+        (everything computed and stored), ``"cached"`` at the others; a core ``Trace`` (``.to_json()``)."""
+        return self.decisions
+
     def stats(self) -> dict[str, Any]:
         """Telemetry: ``compute_fraction`` = token-layers computed (queries, K/V, FFN) / what the uncached model
-        computes; ``refresh_steps`` = the full calls (the first of each block); ``cache_bytes_peak``."""
+        computes; ``refresh_steps`` = the full calls (the first of each block); ``peak_cache_bytes`` (core's name;
+        ``cache_bytes_peak`` is its alias, kept for now). No FLOP count yet, so no ``compute_ratio``."""
         return {
             "method": "fast_dllm_dual_cache" if self.policy.dual else "fast_dllm_prefix_cache",
             "params": asdict(self.policy),
@@ -169,6 +184,7 @@ class FastDllmCacheState:
             "compute_fraction": self.computed / max(self.token_layers, 1),
             "refresh_steps": list(self.refresh_steps),
             "cache_bytes_peak": self.cache_bytes_peak,
+            "peak_cache_bytes": self.cache_bytes_peak,
         }
 
 

@@ -46,6 +46,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from forecache.core.storage import Storage
+from forecache.core.telemetry import Trace
+
 from .cache_protocol import CachePolicy
 from .cached_layers import CachedLayers
 from .feature_store import LayerFeatures
@@ -283,6 +286,10 @@ class PrefixState:
     def stats(self) -> dict[str, Any]:
         return {**self.inner.stats(), "prefix": self.hook.stats()}
 
+    def trace(self) -> Trace:
+        """The wrapped state's refresh decisions (a core ``Trace``)."""
+        return self.inner.trace()
+
 
 class PrefixPolicy:
     """``policy`` with shared-prefix reuse from ``store`` (see :func:`with_prefix`)."""
@@ -302,8 +309,14 @@ class PrefixPolicy:
             )
         self.policy, self.store, self.prefix_length = policy, store, prefix_length
 
-    def start(self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int) -> PrefixState:
-        state = self.policy.start(model, prompt_length, gen_length, block_length)
+    def start(
+        self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
+        storage: Storage | None = None,
+    ) -> PrefixState:
+        """The wrapped policy's state with the prefix hook attached; ``storage`` (a core ``Storage``) is passed to
+        the wrapped policy's ``start`` when given."""
+        extra = {} if storage is None else {"storage": storage}
+        state = self.policy.start(model, prompt_length, gen_length, block_length, **extra)
         if not isinstance(state, CachedLayers):
             raise ValueError(  # noqa: TRY004
                 f"with_prefix: {type(self.policy).__name__} keeps no per-token features to fill; use a feature "

@@ -107,7 +107,8 @@ def generate(
         tuple ``(tokens, {"steps", "blocks", "model_calls", "batch", "cache"})`` (``steps`` = model calls made);
         under ``threshold``/``factor`` also ``"threshold"``, ``"factor"``, ``"calls_per_block"``, ``"row_calls"``
         (per row, the calls in which its block still had a mask) and ``"tokens_per_call"`` (``gen_length`` /
-        model calls).
+        model calls). When the cache state keeps a trace of its decisions (``state.trace()``: dLLM-Cache, the
+        Fast-dLLM combination, Fast-dLLM's KV cache), also ``"trace"``, a core ``Trace`` (``.to_json()``).
     """
     mask_id = model.config.mask_token_id if mask_id is None else int(mask_id)
     parallel = _validate_parallel(threshold, factor)
@@ -164,6 +165,8 @@ def generate(
         stats |= {"threshold": threshold, "factor": factor, "calls_per_block": calls_per_block,
                   "row_calls": row_calls.tolist(), "tokens_per_call": gen_length / max(step, 1)}
     stats["cache"] = state.stats() if state is not None else None
+    if state is not None and callable(getattr(state, "trace", None)):
+        stats["trace"] = state.trace()  # the cache's refresh decisions, a core Trace (.to_json())
     return x, stats
 
 

@@ -1,0 +1,138 @@
+"""The dLLM caches on core: refresh decisions in a core Trace, stored features through a core Storage, core's keys."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+from forecache.core.storage import CacheBudgetError, Storage
+from forecache.core.telemetry import Decision
+from forecache.dllm.combined import CombinedCache
+from forecache.dllm.config import LLaDAConfig
+from forecache.dllm.dllm_cache import DllmCache
+from forecache.dllm.fast_dllm import FastDllmCache
+from forecache.dllm.model import LLaDAModel
+from forecache.dllm.prefix_store import PrefixStore, with_prefix
+from forecache.dllm.sampler import generate, pad_prompts
+
+VOCAB, MASK = 64, 63
+RUN = {"steps": 12, "gen_length": 12, "block_length": 6}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> LLaDAModel:
+    torch.manual_seed(0)
+    config = LLaDAConfig(d_model=32, n_heads=4, n_kv_heads=2, n_layers=3, mlp_hidden_size=64, vocab_size=VOCAB,
+                         embedding_size=VOCAB, max_sequence_length=128, mask_token_id=MASK)
+    model = LLaDAModel(config).eval()
+    with torch.no_grad():
+        model.ff_out.weight[MASK] = 0.0
+    return model
+
+
+IDS, ATTN = pad_prompts([[5, 9, 2, 17, 30], [8, 1, 44]], pad_id=0)
+
+
+def steps_of(trace, site, action=None):
+    return [d.step for d in trace if d.site == site and (d.computed if action is None else d.action == action)]
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_a_dllm_cache_generation_traces_its_refresh_decisions(model, cfg_scale):
+    _, stats = generate(model, IDS, ATTN, cache=DllmCache(5, 3, 0.25), cfg_scale=cfg_scale, return_stats=True,
+                        **RUN)
+    trace, cache = stats["trace"], stats["cache"]
+    assert cache["prompt_refresh_steps"] == [0, 5, 10] and cache["response_refresh_steps"] == [0, 3, 6, 9]
+    assert steps_of(trace, "prompt") == cache["prompt_refresh_steps"]
+    assert steps_of(trace, "response") == cache["response_refresh_steps"]
+    assert [(d.step, d.site) for d in trace] == [(s, p) for s in range(12) for p in ("prompt", "response")]
+    assert {(d.row, d.branch, d.generation) for d in trace} == {(-1, 0, 0)}  # whole-call decisions
+    assert [d.segment for d in trace[::2]] == [s // 6 for s in range(12)]  # the block being decoded
+    # the interval's metric: model calls since the part was last refreshed
+    assert [d.metric for d in trace if d.site == "response"] == [None, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2]
+    rebuilt = [Decision(**d) for d in json.loads(trace.to_json())]
+    assert rebuilt == list(trace) and json.loads(trace.to_json()) == [asdict(d) for d in trace]
+
+
+def test_drift_decisions_are_traced_with_the_summed_drift(model):
+    policy = DllmCache(5, rho=0.25, response_refresh="drift", drift_threshold=0.15)
+    _, stats = generate(model, IDS, ATTN, cache=policy, return_stats=True, **RUN)
+    trace, cache = stats["trace"], stats["cache"]
+    assert len(cache["response_refresh_steps"]) > 1  # the tiny model drifts past 0.15
+    assert steps_of(trace, "response", "compute") == cache["response_refresh_steps"]
+    response = {d.step: d for d in trace if d.site == "response"}
+    assert response[0].note is not None  # the first call must refresh: nothing is stored
+    for step, _, accumulated in cache["drift"]:  # each call's summed drift is what the next call's decision read
+        if step + 1 in response:
+            assert response[step + 1].metric == accumulated
+            assert response[step + 1].computed == (accumulated > 0.15)
+
+
+def test_a_new_batch_size_is_a_warmup_outside_the_interval(model):
+    state = DllmCache(3, 2, 0.25).start(model, 5, 12, 6)
+    for step in range(6):
+        rows = 2 if step < 4 else 1
+        x = torch.cat([IDS[:rows], torch.full((rows, 12), MASK)], 1)
+        model(x, runner=state.runner(x, step, 0))
+    trace, stats = state.trace(), state.stats()
+    assert stats["prompt_refresh_steps"] == [0, 3] and stats["response_refresh_steps"] == [0, 2, 4]
+    assert stats["full_steps"] == [0, 4]  # step 4 has one row: the store was dropped, every layer computed
+    assert steps_of(trace, "prompt", "compute") == [0, 3] and steps_of(trace, "prompt") == [0, 3, 4]
+    assert [d.action for d in trace if d.step == 4] == ["warmup", "compute"]
+
+
+def test_the_combination_traces_prompt_and_span(model):
+    policy = CombinedCache(4, "answer", 2, 0.25)
+    _, stats = generate(model, IDS, ATTN, cache=policy, return_stats=True, **RUN)
+    trace, cache = stats["trace"], stats["cache"]
+    assert steps_of(trace, "prompt", "compute") == cache["prompt_refresh_steps"] == [0, 4, 8]
+    assert steps_of(trace, "span", "warmup") == cache["block_start_steps"] == [0, 6]
+    assert steps_of(trace, "span", "compute") == cache["span_refresh_steps"] == [2, 4, 8, 10]
+    assert json.loads(trace.to_json())[0]["site"] == "prompt"
+
+
+def test_fast_dllm_and_prefix_reuse_expose_their_trace(model):
+    _, stats = generate(model, IDS, ATTN, cache=FastDllmCache(), return_stats=True, **RUN)
+    assert steps_of(stats["trace"], "kv", "warmup") == stats["cache"]["refresh_steps"] == [0, 6]
+    assert stats["cache"]["peak_cache_bytes"] == stats["cache"]["cache_bytes_peak"] > 0
+    _, stats = generate(model, IDS, ATTN, cache=with_prefix(DllmCache(5, 3), PrefixStore(), 2), return_stats=True,
+                        **RUN)
+    assert steps_of(stats["trace"], "response") == stats["cache"]["response_refresh_steps"]
+
+
+def test_features_are_kept_through_a_core_storage_with_its_budget(model):
+    b, layers, length = 2, 3, 17
+    per_layer = b * length * 4 * (2 * 2 * 8 + 2 * 32)  # float32 keys and values (2 heads of 8), attn and ffn (32)
+    storage = Storage()
+    state = DllmCache(5, 3, 0.25).start(model, 5, 12, 6, storage=storage)
+    x = torch.cat([IDS, torch.full((2, 12), MASK)], 1)
+    model(x, ATTN.new_ones(2, 17), runner=state.runner(x, 0, 0))
+    stats = state.stats()
+    assert stats["peak_cache_bytes"] == stats["cache_bytes_peak"] == storage.peak_bytes == layers * per_layer
+    assert storage.bytes == state.nbytes == layers * per_layer
+    assert stats["compute_ratio"] == stats["flops_fraction"] == 1.0  # the first call computes everything
+    budget = DllmCache(5, 3, 0.25).start(model, 5, 12, 6, storage=Storage(max_bytes=2 * per_layer))
+    with pytest.raises(CacheBudgetError, match="max_cache_bytes"):
+        model(x, runner=budget.runner(x, 0, 0))  # the third layer does not fit
+    with pytest.raises(ValueError, match="dtype"):
+        CombinedCache().start(model, 5, 12, 6, storage=Storage(dtype=torch.bfloat16))
+
+
+def test_a_new_batch_size_gives_the_dropped_bytes_back(model):
+    storage = Storage()
+    state = CombinedCache(4).start(model, 5, 12, 6, storage=storage)
+    for rows in (2, 1):
+        x = torch.cat([IDS[:rows], torch.full((rows, 12), MASK)], 1)
+        model(x, runner=state.runner(x, 0, 0))
+    assert storage.bytes == state.nbytes and storage.peak_bytes == 2 * state.nbytes  # one row now, two at the peak
