@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .forecasters.base import Forecaster
-from .storage import Storage
+from .storage import Shared, Storage
 
 
 class RowHistory:
@@ -26,6 +26,9 @@ class RowHistory:
         self.times: list[float] = []
         self.steps: list[int] = []
         self.parts: list[list[torch.Tensor]] = []
+        #: where each kept part lives when it is a row of a tensor shared with other histories:
+        #: (the shared tensor, the row), else None (a copy of its own)
+        self.origins: list[list[tuple[Shared, int] | None]] = []
         self.scratch: list[dict] = []
         self.last_compute_step: int | None = None
         self.extra: dict = {}
@@ -42,20 +45,23 @@ class RowHistory:
     def ready(self, forecaster: Forecaster) -> bool:
         return len(self.times) >= forecaster.min_history
 
-    def record(self, step: int, t: float, value: Sequence[torch.Tensor]) -> None:
-        times = self.times
-        if times and times[-1] == t:  # a recompute of the same step replaces its point
-            self._pop(-1)
-        while len(times) >= self.max_points:  # evict first: the peak is the steady state
-            self._pop(0)
-        kept = self.storage.keep_all(value)
+    def record(
+        self, step: int, t: float, value: Sequence[torch.Tensor], shared: Sequence[tuple[Shared, int]] | None = None
+    ) -> None:
+        """A computed point: ``value`` (a tensor per part), copied into the storage; or, with
+        ``shared``, rows of tensors the storage already keeps for several histories (``value`` are
+        those rows)."""
+        self.make_room(t)
+        kept = self.storage.keep_all(value) if shared is None else value
         if len(self.parts) != len(kept):
             self.parts = [[] for _ in kept]
+            self.origins = [[] for _ in kept]
         # new dicts, not cleared ones: histories forecast together share their forecaster state
         self.scratch = [{} for _ in kept]
-        for column, x in zip(self.parts, kept):
-            column.append(x)
-        times.append(t)
+        for c, x in enumerate(kept):
+            self.parts[c].append(x)
+            self.origins[c].append(None if shared is None else shared[c])
+        self.times.append(t)
         self.steps.append(step)
         self.last_compute_step = step
 
@@ -73,6 +79,15 @@ class RowHistory:
             for column, scratch in zip(self.parts, self.scratch)
         ])
 
+    def make_room(self, t: float) -> None:
+        """Drop what a point at ``t`` replaces: a point of the same step (a recompute), and the oldest
+        points past ``max_points``. Done before the new point is kept: the peak is the steady state."""
+        times = self.times
+        if times and times[-1] == t:
+            self._pop(-1)
+        while len(times) >= self.max_points:
+            self._pop(0)
+
     def coordinates(self, forecaster: Forecaster, t: float, step: int | None) -> tuple[list[float], float]:
         """The coordinates ``forecaster`` sees: the computed points' times and ``t``, or their step
         indices and ``step`` on the ``index`` basis."""
@@ -85,8 +100,12 @@ class RowHistory:
     def _pop(self, i: int) -> None:
         self.times.pop(i)
         self.steps.pop(i)
-        for column in self.parts:
-            self.storage.drop(column.pop(i))
+        for column, origins in zip(self.parts, self.origins):
+            x, origin = column.pop(i), origins.pop(i)
+            if origin is None:
+                self.storage.drop(x)
+            else:
+                self.storage.release(origin[0])
 
     def keep(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Keep a site-specific tensor (counted in the cache's bytes) under ``extra[name]``."""
@@ -119,8 +138,38 @@ def forecast_together(
     coords, target = first.coordinates(forecaster, t, step)
     out = []
     for c, scratch in enumerate(first.scratch):
-        points = [torch.cat([h.parts[c][j] for h in hists]) for j in range(len(coords))]
+        points = [_stacked(hists, c, j) for j in range(len(coords))]
         out.append(forecaster.predict(coords, points, target, scratch).to(dtype=dtype, device=device))
     for h in hists[1:]:
         h.scratch = first.scratch
     return tuple(out)
+
+
+def _stacked(hists: list[RowHistory], c: int, j: int) -> torch.Tensor:
+    """Part ``c`` of point ``j`` of every history, stacked in order: the shared tensor itself when
+    they hold its consecutive rows (as the rows of one call that computed together do), else a copy."""
+    origin = hists[0].origins[c][j]
+    if origin is not None:
+        shared, start = origin
+        if all(h.origins[c][j] == (shared, start + k) for k, h in enumerate(hists)):
+            return shared.tensor[start : start + len(hists)]
+    return torch.cat([h.parts[c][j] for h in hists])
+
+
+def record_together(
+    hists: list[RowHistory], rows: list[int], step: int, t: float, cached: Sequence[torch.Tensor], storage: Storage
+) -> None:
+    """Record row ``rows[i]`` of each part of ``cached`` as a point of ``hists[i]``: each part is
+    kept once, as one tensor the histories share a row each of (one copy per site call, and their
+    points stack again without a copy when they are forecast together)."""
+    if len(hists) == 1:
+        r = rows[0]
+        hists[0].record(step, t, [p[r : r + 1] for p in cached])
+        return
+    for hist in hists:  # evict before keeping: the peak is the steady state
+        hist.make_room(t)
+    everything = rows == list(range(len(cached[0])))
+    index = None if everything else torch.tensor(rows, device=cached[0].device)
+    shared = storage.keep_shared([p if index is None else p.index_select(0, index) for p in cached], len(hists))
+    for i, hist in enumerate(hists):
+        hist.record(step, t, [s.tensor[i : i + 1] for s in shared], [(s, i) for s in shared])

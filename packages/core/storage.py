@@ -9,6 +9,16 @@ class CacheBudgetError(RuntimeError):
     """The cache needs more bytes than ``max_cache_bytes`` allows."""
 
 
+class Shared:
+    """A tensor kept once for several users (the rows of one site call, each holding a row of it):
+    its bytes are counted once and given back when the last user lets go."""
+
+    __slots__ = ("tensor", "users")
+
+    def __init__(self, tensor: torch.Tensor, users: int) -> None:
+        self.tensor, self.users = tensor, users
+
+
 class Storage:
     """Owns every tensor a handle keeps across steps, so its size is known and bounded.
 
@@ -41,6 +51,16 @@ class Storage:
             n += y.numel() * y.element_size()
         self._grow(n)
         return kept
+
+    def keep_shared(self, values, users: int) -> list[Shared]:
+        """Detached copies of ``values`` (each kept once), each shared by ``users`` holders."""
+        return [Shared(y, users) for y in self.keep_all(values)]
+
+    def release(self, shared: Shared) -> None:
+        """One holder of ``shared`` lets go; the last one frees its bytes."""
+        shared.users -= 1
+        if shared.users == 0:
+            self.drop(shared.tensor)
 
     def drop(self, x: torch.Tensor) -> None:
         self.bytes -= x.numel() * x.element_size()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..forecasters.base import Forecaster
-from ..history import RowHistory, forecast_together
+from ..history import RowHistory, forecast_together, record_together
 from ..triggers.base import Observation, Trigger
 
 if TYPE_CHECKING:
@@ -264,11 +264,16 @@ class Site:
         """After the step: store what computed rows produced (``cached``: the parts the forecaster
         learns from, e.g. residuals) and let the trigger see every row."""
         rows = range(ctx.batch) if rows is None else rows
-        position, t, observe, watches = ctx.index, ctx.t, self.trigger.observe, self._watches
-        for r, plan in zip(rows, plans):
-            hist = plan.hist
-            if plan.compute and cached is not None:
-                hist.record(position, t, (cached[0][r : r + 1],) if len(cached) == 1 else [p[r : r + 1] for p in cached])
-            if watches:
+        if cached is not None:
+            hists, where = [], []
+            for r, plan in zip(rows, plans):
+                if plan.compute:
+                    hists.append(plan.hist)
+                    where.append(r)
+            if hists:
+                record_together(hists, where, ctx.index, ctx.t, cached, self.runtime.storage)
+        if self._watches:
+            observe = self.trigger.observe
+            for r, plan in zip(rows, plans):
                 out = outputs[0][r : r + 1] if (plan.compute and outputs is not None) else None
-                observe(hist.trigger_state, plan.obs, plan.compute, None if inputs is None else inputs[r : r + 1], out)
+                observe(plan.hist.trigger_state, plan.obs, plan.compute, None if inputs is None else inputs[r : r + 1], out)
