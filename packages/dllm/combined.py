@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from forecache.core.presets.registry import preset
 from forecache.core.storage import Storage
 from forecache.core.triggers import Interval
+from forecache.core.validation import check_choice, check_fraction, check_int
 
 from .cached_layers import CachedLayers, check_model, columns
 from .call_trigger import CallTrigger
@@ -64,11 +65,6 @@ from .v_verify import pick_least_similar, value_similarity
 __all__ = ["SPANS", "CombinedCache", "CombinedCacheState", "fast_dllm_cache"]
 
 SPANS = ("block", "suffix", "answer")
-
-
-def _check_int(name: str, value: Any, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"CombinedCache.{name}={value!r} must be an int >= 1 ({hint})")
 
 
 @dataclass(frozen=True)
@@ -90,12 +86,11 @@ class CombinedCache:
     rho: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_int("prompt_interval", self.prompt_interval, "1 = recompute the prompt at every call")
-        if self.span not in SPANS:
-            raise ValueError(f"CombinedCache.span={self.span!r}: use one of {SPANS}")
-        _check_int("refresh_interval", self.refresh_interval, "1 = recompute the span at every call")
-        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"CombinedCache.rho={self.rho!r} must be a number in [0, 1] (0.25 in dLLM-Cache)")
+        who = "CombinedCache"
+        check_int(who, "prompt_interval", self.prompt_interval, 1, "1 = recompute the prompt at every call")
+        check_choice(who, "span", self.span, SPANS)
+        check_int(who, "refresh_interval", self.refresh_interval, 1, "1 = recompute the span at every call")
+        check_fraction(who, "rho", self.rho, "0.25 in dLLM-Cache")
         if self.rho > 0 and self.refresh_interval == 1:
             raise ValueError(
                 f"CombinedCache.rho={self.rho} does nothing with refresh_interval=1 (every call recomputes the whole "

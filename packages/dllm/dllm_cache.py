@@ -58,6 +58,7 @@ from torch import nn
 
 from forecache.core.presets.registry import preset
 from forecache.core.storage import Storage
+from forecache.core.validation import check_bool, check_choice, check_fraction, check_int
 
 from .cached_layers import check_model
 from .dllm_cache_state import DllmCacheState
@@ -79,11 +80,6 @@ LLADA_8B_INSTRUCT_SETTINGS: dict[str, tuple[int, int, float]] = {
 }
 VERIFY_SCOPES = ("answer", "prefix", "block")
 RESPONSE_REFRESH = ("interval", "drift")
-
-
-def _check_int(name: str, value: Any, low: int, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"DllmCache.{name}={value!r} must be an int >= {low} ({hint})")
 
 
 @dataclass(frozen=True)
@@ -126,16 +122,14 @@ class DllmCache:
     drift_layer: int | None = None
 
     def __post_init__(self) -> None:
-        _check_int("prompt_interval", self.prompt_interval, 1, "1 = recompute at every step")
-        _check_int("response_interval", self.response_interval, 1, "1 = recompute at every step")
-        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"DllmCache.rho={self.rho!r} must be a number in [0, 1] (0.25 in the paper)")
-        _check_int("always_full_layers", self.always_full_layers, 0, "0 = none")
-        _check_int("reuse_unchanged_qkv", self.reuse_unchanged_qkv, 0, "0 = off, 1 = layer 0")
-        if self.verify_scope not in VERIFY_SCOPES:
-            raise ValueError(f"DllmCache.verify_scope={self.verify_scope!r}: use one of {VERIFY_SCOPES}")
-        if self.response_refresh not in RESPONSE_REFRESH:
-            raise ValueError(f"DllmCache.response_refresh={self.response_refresh!r}: use one of {RESPONSE_REFRESH}")
+        who = "DllmCache"
+        check_int(who, "prompt_interval", self.prompt_interval, 1, "1 = recompute at every step")
+        check_int(who, "response_interval", self.response_interval, 1, "1 = recompute at every step")
+        check_fraction(who, "rho", self.rho, "0.25 in the paper")
+        check_int(who, "always_full_layers", self.always_full_layers, 0, "0 = none")
+        check_int(who, "reuse_unchanged_qkv", self.reuse_unchanged_qkv, 0, "0 = off, 1 = layer 0")
+        check_choice(who, "verify_scope", self.verify_scope, VERIFY_SCOPES)
+        check_choice(who, "response_refresh", self.response_refresh, RESPONSE_REFRESH)
         drift = self.response_refresh == "drift"
         t = self.drift_threshold
         if drift and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0.0):
@@ -149,9 +143,9 @@ class DllmCache:
                 "leave them None"
             )
         if self.drift_layer is not None:
-            _check_int("drift_layer", self.drift_layer, 0, "None = every layer")
-        if type(self.drift_accumulate) is not bool:  # 0/1 would pass a truth test silently
-            raise ValueError(f"DllmCache.drift_accumulate={self.drift_accumulate!r} must be True or False")
+            check_int(who, "drift_layer", self.drift_layer, 0, "None = every layer")
+        # 0/1 would pass a truth test silently
+        check_bool(who, "drift_accumulate", self.drift_accumulate, "True sums the drift since the last refresh")
 
     def start(
         self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from forecache.core.presets.registry import preset
 from forecache.core.telemetry import Decision, Trace
+from forecache.core.validation import check_bool
 
 from .model import LayerRunner, LLaDABlock
 
@@ -54,8 +55,7 @@ class FastDllmCache:
     dual: bool = True
 
     def __post_init__(self) -> None:
-        if type(self.dual) is not bool:  # a ValueError like every config error (DESIGN.md), not TypeError
-            raise ValueError(f"FastDllmCache.dual={self.dual!r} must be a bool (True = DualCache, False = prefix)")
+        check_bool("FastDllmCache", "dual", self.dual, "True = DualCache, False = prefix cache")
 
     def start(self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int) -> FastDllmCacheState:
         """A fresh per-generation state for ``model`` (a ``LLaDAModel``); nothing is shared between states."""

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from forecache.core.storage import Storage
 from forecache.core.telemetry import Trace
+from forecache.core.validation import check_int
 
 from .cache_protocol import CachePolicy
 from .cached_layers import CachedLayers
@@ -82,10 +83,6 @@ class PrefixEntry:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.attn, self.ffn))
 
 
-def _bad_int(value: Any, low: int) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int) or value < low
-
-
 class PrefixStore:
     """Prefix features shared across requests, keyed by the prefix's token ids; least recently used out first.
 
@@ -99,10 +96,9 @@ class PrefixStore:
     """
 
     def __init__(self, max_entries: int = 16, max_bytes: int | None = None) -> None:
-        if _bad_int(max_entries, 1):
-            raise ValueError(f"PrefixStore.max_entries={max_entries!r} must be an int >= 1 (16 by default)")
-        if max_bytes is not None and _bad_int(max_bytes, 1):
-            raise ValueError(f"PrefixStore.max_bytes={max_bytes!r} must be an int >= 1, or None for no budget")
+        check_int("PrefixStore", "max_entries", max_entries, 1, "16 by default")
+        if max_bytes is not None:
+            check_int("PrefixStore", "max_bytes", max_bytes, 1, "or None for no budget")
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self._entries: OrderedDict[tuple[int, ...], PrefixEntry] = OrderedDict()
         self._model: weakref.ref[nn.Module] | None = None
@@ -302,11 +298,8 @@ class PrefixPolicy:
             )
         if not isinstance(store, PrefixStore):
             raise ValueError(f"with_prefix: store={store!r} is not a PrefixStore; pass one")  # noqa: TRY004
-        if _bad_int(prefix_length, 1):
-            raise ValueError(
-                f"with_prefix: prefix_length={prefix_length!r} must be an int >= 1 (the number of shared leading "
-                "real tokens, e.g. the few-shot block's length)"
-            )
+        check_int("with_prefix", "prefix_length", prefix_length, 1,
+                  "the number of shared leading real tokens, e.g. the few-shot block's length")
         self.policy, self.store, self.prefix_length = policy, store, prefix_length
 
     def start(

@@ -198,7 +198,7 @@ def test_preset_defaults_citations_and_registry():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"prompt_interval": 0}, "prompt_interval=0 must be an int >= 1"),
+        ({"prompt_interval": 0}, "prompt_interval=0 is invalid: must be an int >= 1"),
         ({"prompt_interval": True}, "prompt_interval=True"),
         ({"span": "blocks"}, "span='blocks'"),
         ({"refresh_interval": 2.0}, "refresh_interval=2.0"),

@@ -363,7 +363,7 @@ def test_bad_decoding_knobs_raise_a_value_error_naming_the_fix(change, message):
 
 
 def test_bad_cache_config_and_use_raise_value_errors(llada):
-    with pytest.raises(ValueError, match="must be a bool"):
+    with pytest.raises(ValueError, match="dual=.yes. is invalid: must be True or False"):
         FastDllmCache(dual="yes")
     with pytest.raises(ValueError, match="not both"):
         FastDllm(threshold=0.9, factor=1.0)

@@ -1,4 +1,4 @@
-"""What several triggers share: change measures on tensors, snapshots, and knob checks."""
+"""What several triggers share: change measures on tensors, snapshots, the schedule."""
 
 from __future__ import annotations
 
@@ -55,19 +55,3 @@ def num_steps(obs: Observation, who: str, knob: str) -> int:
 def is_last_step(obs: Observation) -> bool:
     """True on the schedule's last step; False when the schedule is unknown."""
     return obs.timesteps is not None and obs.step >= len(obs.timesteps) - 1
-
-
-def check(ok: bool, who: str, knob: str, value: object, rule: str, fix: str) -> None:
-    if not ok:
-        raise ValueError(f"{who}.{knob}={value!r} is invalid: {rule}; {fix}")
-
-
-def check_int(who: str, knob: str, value: object, minimum: int, fix: str) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    check(ok, who, knob, value, f"must be an integer >= {minimum}", fix)
-
-
-def check_real(who: str, knob: str, value: object, minimum: float, fix: str) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value) >= minimum
-    ok = ok and float(value) == float(value) and float(value) != float("inf")
-    check(ok, who, knob, value, f"must be a finite number >= {minimum}", fix)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_int, check_real, mse, snapshot
+from ..validation import check_int, check_real
+from ._common import mse, snapshot
 from .base import Observation, Trigger
 
 #: Weights of the last three warm-up MSEs in lambda, newest first: 10^-(W-t) for t = W, W-1, W-2.

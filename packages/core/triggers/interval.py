@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._common import check_int, num_steps
+from ..validation import check_int
+from ._common import num_steps
 from .base import Observation, Trigger
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._common import check, check_int, check_real, num_steps
+from ..validation import check, check_int, check_real
+from ._common import num_steps
 from .base import Observation, Trigger
 from .retarget import RetargetsThreshold
 from .step_scale import StepScale

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ._common import check
+from ..validation import check
 from .base import Observation, Trigger
 
 

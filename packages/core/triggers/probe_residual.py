@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_int, check_real, relative_l1, snapshot
+from ..validation import check_int, check_real
+from ._common import relative_l1, snapshot
 from .base import Observation, Trigger
 
 #: cache-dit's DBCache defaults (``BasicCacheConfig`` in vipshop/cache-dit

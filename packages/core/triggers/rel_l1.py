@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._common import check, check_real, relative_l1, snapshot
+from ..validation import check, check_real
+from ._common import relative_l1, snapshot
 from .accumulate import Accumulating
 from .base import Observation
 from .retarget import RetargetsThreshold

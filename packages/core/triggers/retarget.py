@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._common import check
+from ..validation import check
 from .base import Observation, Trigger, ask
 
 #: a threshold no accumulated change reaches: the trigger then computes only where it must

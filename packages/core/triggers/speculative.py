@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._common import check, check_int, check_real, num_steps
+from ..validation import check, check_int, check_real
+from ._common import num_steps
 from .base import Observation, Trigger
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._common import check
+from ..validation import check
 
 
 class StepScale:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _TINY, check_int, check_real, mean_abs, mean_abs_diff, snapshot
+from ..validation import check_int, check_real
+from ._common import _TINY, mean_abs, mean_abs_diff, snapshot
 from .accumulate import Accumulating
 from .base import Observation
 
