@@ -122,9 +122,9 @@ class Enabled:
         first, total = caches[0][1], sum(w for w, _ in caches)
         out.update({k: first[k] for k in ("method", "params") if k in first})
         for key in first:
-            if key.endswith("_fraction"):
+            if key.endswith("_fraction") or key == "compute_ratio":
                 out[key] = sum(w * c[key] for w, c in caches) / total
-        peaks = [c["cache_bytes_peak"] for _, c in caches if "cache_bytes_peak" in c]
+        peaks = [c["peak_cache_bytes"] for _, c in caches if "peak_cache_bytes" in c]
         if peaks:
             out["peak_cache_bytes"] = max(peaks)
         return out

@@ -62,9 +62,9 @@ def test_toy_bench_satisfies_the_protocol():
     assert isinstance(ToyBench(), Benchmark)
 
 
-def test_runner_writes_schema_1(tmp_path):
+def test_runner_writes_schema_2(tmp_path):
     result = runner.run_benchmark(ToyBench(), quick=True, repeats=1, progress=False)
-    assert result["schema"] == 1 and result["domain"] == "toy"
+    assert result["schema"] == 2 and result["domain"] == "toy"
     assert result["baseline"]["flops"] > 0
     by_name = {r["method"]: r for r in result["runs"]}
     fora = by_name["fora"]
@@ -72,6 +72,7 @@ def test_runner_writes_schema_1(tmp_path):
     assert fora["speedup_flops"] == pytest.approx(result["baseline"]["flops"] / fora["flops"])
     # the runner's FLOPs and the handle's own accounting agree
     assert 1 / fora["stats"]["compute_ratio"] == pytest.approx(fora["speedup_flops"], rel=0.05)
+    assert fora["peak_cache_bytes"] == fora["stats"]["peak_cache_bytes"] > 0  # one spelling, stats and JSON
     assert 0 < fora["fidelity"]["psnr"] < float("inf")
     assert by_name["sleepy-peer"]["peer"] and by_name["sleepy-peer"]["speedup_flops"] == pytest.approx(1.0)
     assert "does not support" in by_name["broken-peer"]["skipped"]
@@ -132,3 +133,17 @@ def test_image_metrics():
 def test_gather_without_results_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="forecache bench"):
         report.gather(tmp_path)
+
+
+def test_report_reads_schema_1_results(tmp_path):
+    result = runner.run_benchmark(ToyBench(), quick=True, repeats=1, progress=False)
+    for r in result["runs"]:  # a schema-1 file named the peak cache cache_bytes_peak
+        if "peak_cache_bytes" in r:
+            r["cache_bytes_peak"] = r.pop("peak_cache_bytes")
+    result["schema"] = 1
+    lines = report.table(result).splitlines()
+    column = [c.strip() for c in lines[0].split("|")].index("cache MiB")
+    row = next(line for line in lines if line.startswith("| fora(interval=2) |"))
+    fora = next(r for r in result["runs"] if r["method"] == "fora")
+    assert fora["cache_bytes_peak"] > 0
+    assert [c.strip() for c in row.split("|")][column] == report._fmt(fora["cache_bytes_peak"] / 2**20)

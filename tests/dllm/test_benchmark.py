@@ -114,11 +114,11 @@ def test_fidelity_and_accuracy_on_known_answers(model_dir):
     assert bench.units(right) == 6 * GEN_LENGTH
 
 
-def test_quick_run_writes_schema_1_with_per_token_numbers(model_dir, tmp_path, monkeypatch):
+def test_quick_run_writes_schema_2_with_per_token_numbers(model_dir, tmp_path, monkeypatch):
     bench = kv_bench(model_dir)
     monkeypatch.setattr(bench, "methods", lambda quick: [NEVER_SKIP, CACHED, FAST])
     result = runner.run_benchmark(bench, quick=True, repeats=1, progress=False)
-    assert result["schema"] == 1 and result["domain"] == "dllm" and result["benchmark"] == "kv-retrieval"
+    assert result["schema"] == 2 and result["domain"] == "dllm" and result["benchmark"] == "kv-retrieval"
     base, (never, cached, fast) = result["baseline"], result["runs"]
     tokens = 4 * GEN_LENGTH
     for row in (base, never, cached, fast):
@@ -131,8 +131,8 @@ def test_quick_run_writes_schema_1_with_per_token_numbers(model_dir, tmp_path, m
     assert never["stats"]["compute_fraction"] == 1.0 and never["stats"]["model_calls"] == 16
     # K_r = 8, rho = 0: two full steps of 16 (0 and 8); the prompt only at step 0
     assert cached["flops"] < base["flops"] / 4 and cached["speedup_flops"] > 4
-    assert cached["stats"]["compute_fraction"] < 0.2 and cached["cache_bytes_peak"] > 0
-    assert cached["cache_bytes_peak"] == cached["stats"]["peak_cache_bytes"]
+    assert cached["stats"]["compute_fraction"] < 0.2 and cached["peak_cache_bytes"] > 0
+    assert cached["peak_cache_bytes"] == cached["stats"]["peak_cache_bytes"]
     # DualCache: the first call of each 8-step block computes everything, the other calls the block alone; a
     # random model is never confident enough for the threshold, so it commits one token per call (16 calls)
     assert fast["stats"]["method"] == "fast_dllm_dual_cache" and fast["stats"]["model_calls"] == 16

@@ -1,4 +1,4 @@
-"""`forecache bench science`: a full run on a random tiny model gives schema-1 rows with honest NFE."""
+"""`forecache bench science`: a full run on a random tiny model gives schema-2 rows with honest NFE."""
 
 import json
 import math
@@ -54,7 +54,7 @@ def test_fine_grid_row_samples_its_own_steps_and_restores_the_baseline(result):
 
 def test_run_has_the_schema(result):
     _, r = result
-    assert r["schema"] == 1 and r["domain"] == "science" and r["benchmark"] == "molecules"
+    assert r["schema"] == 2 and r["domain"] == "science" and r["benchmark"] == "molecules"
     assert {"device", "threads"} <= set(r["hardware"]) and "torch" in r["versions"]
     base = r["baseline"]
     assert base["flops"] > 0 and base["wall_s"] > 0 and base["units"] == 5 and base["unit"] == "molecule"
@@ -65,7 +65,7 @@ def test_run_has_the_schema(result):
     assert names == {"ab_forecast", "ab_forecast_timed", "taylor_forecast", "fewer_steps"}
     for row in r["runs"]:
         assert {"method", "params", "peer", "wall_s", "flops", "speedup_wall", "speedup_flops", "fidelity",
-                "metrics", "cache_bytes_peak"} <= set(row)
+                "metrics", "peak_cache_bytes"} <= set(row)
         assert row["peer"] is False and row["flops"] > 0
         assert {"coord_rmsd_mean", "atom_type_agreement", "bond_agreement"} <= set(row["fidelity"])
     json.dumps(r)  # serialisable

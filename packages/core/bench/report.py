@@ -55,7 +55,7 @@ def table(result: dict) -> str:
             rows.append([r["method"], "yes" if r["peer"] else "", "skipped", r["skipped"][:60],
                          *[""] * (len(fid) + len(met) + 1 + len(per_unit(r)))])
             continue
-        cache = r.get("cache_bytes_peak")
+        cache = r.get("peak_cache_bytes", r.get("cache_bytes_peak"))  # schema 1 named it cache_bytes_peak
         rows.append([
             r.get("label", r["method"]), "yes" if r["peer"] else "",
             f"{r['speedup_flops']:.2f}", f"{r['speedup_wall']:.2f}",

@@ -11,8 +11,8 @@ Two optional hooks, for benchmarks whose work comes in countable units (generate
 - ``bench.units(out) -> int`` (with ``bench.unit``, a name such as ``"token"``): the baseline and each run
   then also carry ``unit``, ``units``, ``units_per_s`` (units / median wall time) and ``flops_per_unit``.
 - a method's ``enable`` may return, instead of a ``CacheHandle``, any undo callable that also has
-  ``stats() -> dict``: that dict is recorded as the run's ``stats`` (its ``peak_cache_bytes``, if any, as
-  ``cache_bytes_peak``), for methods that are not forecache policies applied to a module.
+  ``stats() -> dict``: that dict is recorded as the run's ``stats`` (its ``peak_cache_bytes``, if any, as the
+  run's ``peak_cache_bytes``), for methods that are not forecache policies applied to a module.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from ..flops import flop_counter
 from ..handle import CacheHandle
 from .protocol import Benchmark, Method
 
-SCHEMA = 1
+#: 2: a run's peak cache is ``peak_cache_bytes``, the key ``stats()`` and traces use (1: ``cache_bytes_peak``)
+SCHEMA = 2
 
 
 def _undo(enabled: Any) -> None:
@@ -135,7 +136,7 @@ def run_benchmark(
             "speedup_flops": base_flops / flops if flops else float("inf"),
             "fidelity": bench.fidelity(out, ref),
             "metrics": bench.metrics(out),
-            "cache_bytes_peak": stats.get("peak_cache_bytes") if stats else None,
+            "peak_cache_bytes": stats.get("peak_cache_bytes") if stats else None,
             "stats": stats,
             **_per_unit(bench, out, wall, flops),
             **({"note": method.note} if method.note else {}),
