@@ -6,32 +6,18 @@ hicache 877; foca 826). TeaCache's block span is held to what the lean path reac
 """
 
 import pytest
-import torch
 
 import forecache.core as fc
-from forecache.core.testing.overhead import count_calls
-from forecache.core.testing.toy import ToyAdapter, ToyTransformer, sample, toy_inputs
-
-from .conftest import STEPS
-
-
-def calls_per_model_call(preset, batch=1):
-    torch.manual_seed(0)
-    model, inputs = ToyTransformer().eval(), toy_inputs(batch=batch)
-    handle = fc.apply(model, preset, ToyAdapter(), count_flops=False)
-    sample(model, inputs, STEPS)  # the first generation sizes the caches
-    _, calls = count_calls(lambda: sample(model, inputs, STEPS))
-    handle.remove()
-    return calls / len(STEPS)
+from forecache.core.testing.overhead import calls_per_model_call, count_calls
 
 
 @pytest.mark.parametrize("name, before", [("taylorseer", 845), ("hicache", 877), ("foca", 826)])
 def test_per_layer_presets_make_a_third_of_the_calls_they_made(name, before):
-    assert calls_per_model_call(getattr(fc, name)()) <= before / 3
+    assert calls_per_model_call(name) <= before / 3
 
 
 def test_a_block_span_stays_lean():
-    assert calls_per_model_call(fc.teacache()) <= 110
+    assert calls_per_model_call("teacache") <= 110
 
 
 def test_count_calls_counts_forecache_frames_only():

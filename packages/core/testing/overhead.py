@@ -35,3 +35,30 @@ def count_calls(fn: Callable[[], Any], roots: tuple[str, ...] = (_CORE,)) -> tup
     finally:
         sys.setprofile(previous)
     return out, calls
+
+
+def calls_per_model_call(preset: str, batch: int = 1, steps: int = 12) -> float:
+    """forecache.core's Python calls per model call of ``preset`` (its defaults) on the 4-block toy
+    transformer, over a second generation of ``steps`` Euler steps (the first sizes the caches)."""
+    import torch
+
+    from .. import apply, presets
+    from .toy import ToyAdapter, ToyTransformer, sample, toy_inputs
+
+    torch.manual_seed(0)
+    model, inputs = ToyTransformer().eval(), toy_inputs(batch=batch)
+    schedule = torch.linspace(1.0, 0.05, steps)
+    handle = apply(model, presets.PRESETS[preset](), ToyAdapter(), count_flops=False)
+    try:
+        sample(model, inputs, schedule)
+        _, calls = count_calls(lambda: sample(model, inputs, schedule))
+    finally:
+        handle.remove()
+    return calls / steps
+
+
+if __name__ == "__main__":  # python -m forecache.core.testing.overhead [preset ...]
+    import sys
+
+    for name in sys.argv[1:] or ["teacache", "fbcache", "fora", "toca", "taylorseer", "hicache", "foca"]:
+        print(f"{name:<12} " + "  ".join(f"batch {b}: {calls_per_model_call(name, b):6.0f}" for b in (1, 2)))
