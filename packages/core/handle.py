@@ -49,7 +49,7 @@ class CacheHandle:
                 raise ValueError(f"policy {policy.name!r} selected no site on {type(model).__name__}")
             for site in self.sites:
                 site.install()
-            self._root_sites = [s for s in self.sites if getattr(s, "root", False)]
+            self._root_sites = [s for s in self.sites if s.root]
             self.runtime.wrapping.wrap(model, self._root_call, "a forecache handle")
             if scheduler is not None:
                 self._hook_scheduler(scheduler)
@@ -192,7 +192,7 @@ class CacheHandle:
         idx = torch.tensor(rows)
         recompute = dataclasses.replace(ctx, recompute=True)
         self.runtime.enter(recompute)
-        if len(rows) == ctx.batch or any(getattr(s, "pairs_rows", False) for s in self.sites):
+        if len(rows) == ctx.batch or any(s.pairs_rows for s in self.sites):
             fresh = call(*args, **kwargs)  # rows that only exist together (a batched CFG pair) run together
             self.runtime.extra(key, ctx.batch)
             return fresh

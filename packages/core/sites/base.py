@@ -100,6 +100,13 @@ class Site:
     A site sees the handle only through ``runtime``, the contract in :mod:`forecache.core.runtime`.
     """
 
+    #: True for a site on the whole model call: it is installed on no module, and the handle routes
+    #: every model call through its ``intercept(call, *args, **kwargs)`` (``call`` runs the model)
+    root: bool = False
+    #: True when a row only runs together with another (a batched CFG pair): a non-finite forecast
+    #: then recomputes the whole batch instead of its own row
+    pairs_rows: bool = False
+
     def __init__(
         self,
         name: str,
