@@ -174,3 +174,20 @@ def test_a_nonfinite_forecast_recomputes_its_row_and_the_others_keep_caching(toy
     torch.testing.assert_close(out[1:], ref[1:], rtol=1e-5, atol=1e-5)
     assert not torch.equal(out[:1], ref[:1])
     handle.remove()
+
+
+def test_a_nonfinite_metric_computes_its_row_and_says_so(toy, adapter):
+    from forecache.core.testing.toy import toy_inputs
+
+    inputs = toy_inputs(batch=2)
+    inputs["hidden_states"][1, 0, 0] = float("nan")  # row 1's TeaCache metric is NaN at every step
+    ref = sample(toy, inputs, STEPS)
+    handle = fc.apply(toy, fc.teacache(0.3), adapter)
+    out = sample(toy, inputs, STEPS)
+    trace = handle.trace()
+    row1 = [d for d in trace if d.row == 1]
+    assert all(d.computed for d in row1)  # NaN >= threshold is False, yet the row never skips
+    assert sum(d.note == "non-finite metric" for d in row1) == len(STEPS) - 1  # all but the first (warm-up)
+    assert any(not d.computed for d in trace if d.row == 0)  # the other row keeps caching
+    assert torch.isnan(out[1]).all() and torch.isnan(ref[1]).all()  # the NaN input is not hidden
+    handle.remove()

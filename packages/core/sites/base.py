@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -200,6 +201,10 @@ class Site:
             metric = trigger.measure(state, obs)
             if metric is not None and reduce is not None:
                 metric = reduce(metric)
+            if metric is not None and not math.isfinite(metric):  # NaN >= threshold is False: never a skip
+                plans.append(RowPlan(True, obs, None, hist))
+                record(self, ctx, r, "compute", metric, note="non-finite metric")
+                continue
             if len(hist.times) < need:
                 plans.append(RowPlan(True, obs, None, hist))
                 record(self, ctx, r, "warmup", metric)
