@@ -9,7 +9,8 @@ them, and lives here, in :class:`CachedLayers`, the base of their per-generation
   keeping every token's key, value, attention output and FFN output
   (:class:`~forecache.dllm.feature_store.LayerFeatures`);
 - :meth:`CachedLayers.recompute`: the layer for the tokens ``pos`` (B, n) only: their query, key and value, their
-  attention over *every* key (fresh for ``pos``, stored for the others), their FFN. Every other token leaves the
+  attention over *every* key (fresh for ``pos``, stored for the others; core's
+  :func:`~forecache.core.tokens.attend_stored`), their FFN. Every other token leaves the
   layer as ``(x_in + stored attn) + stored ffn`` with its current input ``x_in`` (:meth:`CachedLayers.reuse`), so
   what changed in lower layers flows on;
 - :meth:`CachedLayers.values`: fresh value vectors of some tokens, which V-verify compares with the stored ones.
@@ -31,6 +32,8 @@ from torch import Tensor, nn
 
 from forecache.core.storage import Storage
 from forecache.core.telemetry import Trace
+from forecache.core.tokens import attend_stored
+from forecache.core.validation import check
 
 from .feature_store import LayerFeatures, changed_first, put_tokens, take_tokens
 from .flops import FlopTally, LayerShapes
@@ -59,6 +62,21 @@ def check_model(name: str, model: nn.Module, prompt_length: int, gen_length: int
         )
 
 
+def cache_storage(who: str, storage: Storage | None) -> Storage:
+    """The core :class:`~forecache.core.storage.Storage` a dLLM cache state keeps its tensors through: ``storage``
+    itself, or a fresh unbounded one for None. Its ``dtype`` must be None: the caches keep keys/values in the
+    model's dtype, because partial recomputes write fresh ones into the stored tensors in place and attention
+    reads them with fresh queries. ``who`` names the state in the ValueError."""
+    check(storage is None or isinstance(storage, Storage), who, "storage", storage,
+          "must be a forecache.core.storage.Storage or None", "pass Storage(max_bytes=...) for a byte budget, or None")
+    if storage is None:
+        return Storage()
+    check(storage.dtype is None, who, "storage.dtype", storage.dtype,
+          "dLLM caches store keys/values in the model's dtype (partial recomputes write into them in place)",
+          "pass Storage(dtype=None, max_bytes=...)")
+    return storage
+
+
 class CachedLayers:
     """Stored features of every layer for one generation, the primitives that compute a layer from them, and the
     counters. Subclasses decide, per call and layer, which tokens to recompute.
@@ -80,24 +98,19 @@ class CachedLayers:
         self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
         reuse_unchanged_qkv: int = 0, storage: Storage | None = None,
     ) -> None:
-        if storage is not None and not isinstance(storage, Storage):
-            raise ValueError(f"storage={storage!r} is not a forecache.core.storage.Storage; pass one, or None")
-        if storage is not None and storage.dtype is not None:
-            raise ValueError(
-                f"storage has dtype={storage.dtype}; dLLM feature caches store features in the model's dtype "
-                "(partial recomputes write into them in place): pass Storage(dtype=None, max_bytes=...)"
-            )
+        self.storage = cache_storage(type(self).__name__, storage)
         self.prompt_length, self.gen_length, self.block_length = prompt_length, gen_length, block_length
         self.store: list[LayerFeatures | None] = [None] * len(model.blocks)
         self.reuse_unchanged_qkv = reuse_unchanged_qkv
         self.ids: Tensor | None = None
         self.prefix: PrefixReuse | None = None
-        self.storage = storage if storage is not None else Storage()
         self.decisions = Trace()  # the subclass's refresh decisions, one per part and model call
         self._rows: int | None = None
         # token-layer counters: seen (what the uncached model computes), computed (attention query + FFN)
         self.layer_calls = self.token_layers = self.computed = 0
         self.reused_qk = self.reused_v = 0  # token projections taken from the store by reuse_unchanged_qkv
+        # V-verify (forecache.dllm.v_verify.verify): candidate token-layers, picks, (row, layer) pairs that picked
+        self.verified = self.selected = self.adaptive_row_layers = 0
         shapes = LayerShapes.of(model)
         self.flops, self.flops_full = FlopTally(shapes), FlopTally(shapes)
 
@@ -270,7 +283,10 @@ class CachedLayers:
             hi = lo + span.shape[2]
             parts = [store.v[:, :, :lo], span.to(store.v.dtype)] + ([store.v[:, :, hi:]] if hi < length else [])
             values = torch.cat(parts, dim=2)
-        put_tokens(store.attn, pos, layer.attend(q, store.k, values, key_mask))
+        # the fresh queries over every stored key/value (padded keys masked): core's token attention, whose
+        # SDPA call (grouped heads repeated as the model repeats them) is LLaDABlock.attend's, so bit-identical
+        heads = attend_stored(q, store.k, values, key_mask=key_mask)
+        put_tokens(store.attn, pos, layer.project_out(heads))
         x = x + store.attn
         put_tokens(store.ffn, pos, layer.ffn(take_tokens(x, pos)))
         self.computed += n
@@ -307,12 +323,22 @@ class CachedLayers:
     def layer_stats(self) -> dict[str, Any]:
         """The counters every feature-cache state reports (its ``stats()`` adds its own).
 
-        Core's vocabulary: ``compute_ratio`` = matmul FLOPs executed / the uncached model's FLOPs on the same model
-        calls (on LLaDA's fixed schedule, the uncached run of the same request; under threshold or factor
-        decoding the calls this run made), ``peak_cache_bytes`` = the most bytes the stored features held. The
-        older names stay as aliases for now (the benchmark reads them): ``flops_fraction`` = ``compute_ratio``,
-        ``cache_bytes_peak`` = ``peak_cache_bytes``. ``compute_fraction`` is another measure (token-layers
-        computed / seen), not an alias.
+        Core's vocabulary: ``compute_ratio`` = ``flops / flops_full``, the matmul FLOPs executed over
+        ``flops_full``, the FLOPs the uncached model spends on the model calls this generation made;
+        ``peak_cache_bytes`` = the most bytes the stored features held. The older names stay as aliases for now
+        (the benchmark reads them): ``flops_fraction`` = ``compute_ratio``, ``cache_bytes_peak`` =
+        ``peak_cache_bytes``. ``compute_fraction`` is another measure (token-layers computed / seen), not an alias.
+
+        What ``compute_ratio`` compares with. The uncached model's cost of one call depends on the shapes only
+        (rows, length, the block's head), so ``flops_full`` = model calls x the cost of one uncached call. On
+        LLaDA's fixed schedule a request makes ``steps`` calls with or without a cache, so ``flops_full`` *is* the
+        uncached run of the same request and ``compute_ratio`` is core's ratio. Under threshold or factor
+        decoding (Fast-dLLM) a block ends when its masks are committed, which depends on the logits a cache
+        changes: the uncached run with the same settings makes its own number of calls, unknown without running
+        it. ``compute_ratio`` stays the ratio over the calls made (the cache's saving per call); the ratio to that
+        uncached run is ``compute_ratio * model_calls / uncached model_calls`` (the sampler's ``model_calls`` of
+        both runs), exactly; the benchmark's ``speedup_flops`` compares the whole runs' counted FLOPs with its
+        uncached baseline run (LLaDA's fixed schedule), so it also counts what parallel decoding saves.
         """
         full = max(self.token_layers, 1)
         ratio = self.flops.total / max(self.flops_full.total, 1)

@@ -58,9 +58,8 @@ from forecache.core.validation import check_choice, check_fraction, check_int
 
 from .cached_layers import CachedLayers, check_model, columns
 from .call_trigger import CallTrigger
-from .feature_store import take_tokens
 from .model import LayerRunner, LLaDABlock
-from .v_verify import pick_least_similar, value_similarity
+from .v_verify import valid_candidates, verify
 
 __all__ = ["SPANS", "CombinedCache", "CombinedCacheState", "fast_dllm_cache"]
 
@@ -160,8 +159,6 @@ class CombinedCacheState(CachedLayers):
         self.prompt_refresh_steps: list[int] = []
         self.span_refresh_steps: list[int] = []
         self.full_steps: list[int] = []
-        self.verified = self.selected = 0  # token-layers V-verified, V-verify picks
-        self.adaptive_row_layers = 0  # (row, layer) pairs where V-verify picked tokens
 
     def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
         """The layer runner for model call ``step`` (0-based, global across blocks) on block ``block``."""
@@ -227,19 +224,14 @@ class CombinedCacheState(CachedLayers):
         fresh = None  # V-verify's fresh values of every candidate: attention reads them all, as in dLLM-Cache
         if plan.verify > 0:
             lo, hi = plan.span
-            h_cand, v_cand = self.values(i, layer, x, columns(lo, hi, b, x.device))
-            valid = key_mask.reshape(b, length)[:, lo:hi]  # the sampler never pads the answer; a caller might
-            k = min(plan.verify, int(valid.sum(-1).min()))
-            sim = value_similarity(v_cand, self.store[i].v[:, :, lo:hi])
-            self.verified += b * (hi - lo)
-            if k > 0:
-                pick = pick_least_similar(sim, k, None if bool(valid.all()) else valid)
-                hs.append(take_tokens(h_cand, pick))
-                vs.append(take_tokens(v_cand, pick, dim=2))
-                pos.append(pick + lo)
-                fresh = (lo, v_cand)
-                self.selected += pick.numel()
-                self.adaptive_row_layers += b
+            valid, k = valid_candidates(key_mask, lo, hi, plan.verify)  # pads are never picked
+            verified = verify(self, i, layer, x, lo, hi, k, valid)
+            if verified.pick is not None:
+                h, v, picked = verified.picked()
+                hs.append(h)
+                vs.append(v)
+                pos.append(picked)
+                fresh = verified.fresh
         if not pos:  # nothing to recompute in this layer
             return self.reuse(i, x)
         return self.recompute(i, layer, x, cos, sin, key_mask, torch.cat(pos, dim=1), h=torch.cat(hs, dim=1),

@@ -28,9 +28,8 @@ from forecache.core.triggers import Interval, MeasuredChange
 from .cached_layers import CachedLayers, columns
 from .call_trigger import CallTrigger
 from .drift import row_drift, step_drift
-from .feature_store import take_tokens
 from .model import LayerRunner, LLaDABlock
-from .v_verify import pick_least_similar, value_similarity
+from .v_verify import valid_candidates, verify
 
 if TYPE_CHECKING:
     from .dllm_cache import DllmCache
@@ -64,8 +63,6 @@ class DllmCacheState(CachedLayers):
         self.full_steps: list[int] = []
         self.prompt_refresh_steps: list[int] = []
         self.response_refresh_steps: list[int] = []
-        self.verified = self.selected = 0  # token-layers V-verified, V-verify picks
-        self.adaptive_row_layers = 0  # (row, layer) pairs where V-verify picked tokens
         self.drift: list[tuple[int, float, float]] = []  # (step, drift, accumulated) of every call measuring it
         self._open: dict[str, Any] | None = None  # the last call's per-step record, closed at the next call
         self._change: float | None = None  # the last call's drift, for the response trigger's next decision
@@ -142,7 +139,6 @@ class DllmCacheState(CachedLayers):
         self.note_layer(b, length)
         if self.store[i] is None or (prompt and response) or i < self.policy.always_full_layers:
             return self.full_layer(i, layer, x, cos, sin, key_mask)
-        store = self.store[i]
         changed = self.changed(i, x) if i < self.policy.reuse_unchanged_qkv else None
         hs, vs, pos = [], [], []  # hs: normed inputs of the recomputed tokens (not kept when reusing)
         fresh = None  # V-verify's fresh values of every candidate: attention reads them all
@@ -159,26 +155,18 @@ class DllmCacheState(CachedLayers):
             hs.append(h)
             vs.append(v)
         elif per_step["k"] > 0 or self._measures_drift(i):
-            h_cand, v_cand = self.values(i, layer, x, columns(lo, hi, b, x.device), changed)
-            if "valid" not in per_step:  # the sampler never pads the answer, but a caller might: pads are never picked
-                valid = key_mask.reshape(b, length)[:, lo:hi]
-                per_step["k"] = min(per_step["k"], int(valid.sum(-1).min()))
-                per_step["valid"] = valid
-            sim = value_similarity(v_cand, store.v[:, :, lo:hi])
-            self.verified += b * (hi - lo)
+            if "valid" not in per_step:  # the same for every layer of the call: read once (pads are never picked)
+                per_step["valid"], per_step["k"] = valid_candidates(key_mask, lo, hi, per_step["k"])
+            verified = verify(self, i, layer, x, lo, hi, per_step["k"], per_step["valid"], changed=changed)
             if self._measures_drift(i):
-                per_step["drift"].append(row_drift(sim, per_step["valid"]))
-            if per_step["k"] > 0:
-                # None: every candidate valid and picked, no per-layer check needed
-                valid = None if per_step["k"] == hi - lo else per_step["valid"]
-                pick = pick_least_similar(sim, per_step["k"], valid)
-                if h_cand is not None:
-                    hs.append(take_tokens(h_cand, pick))
-                vs.append(take_tokens(v_cand, pick, dim=2))
-                pos.append(pick + lo)
-                fresh = (lo, v_cand)
-                self.selected += pick.numel()
-                self.adaptive_row_layers += b
+                per_step["drift"].append(row_drift(verified.sim, per_step["valid"]))
+            if verified.pick is not None:
+                h, v, picked = verified.picked()
+                if h is not None:
+                    hs.append(h)
+                vs.append(v)
+                pos.append(picked)
+                fresh = verified.fresh
         if not pos:  # nothing to recompute in this layer
             return self.reuse(i, x)
         h = torch.cat(hs, dim=1) if changed is None else None
@@ -189,7 +177,8 @@ class DllmCacheState(CachedLayers):
         """Telemetry: ``compute_fraction`` = token-layer attention (query) and FFN computations done / full (the
         method recomputes both for the same tokens); ``compute_ratio`` = matmul FLOPs done / the uncached
         model's (:mod:`forecache.dllm.flops`: projections as computed, V-verify's values, attention of the
-        recomputed queries over every key, the head at the current block), refresh steps, V-verify work, the
+        recomputed queries over every key, the head at the current block), on the model calls made (what that
+        compares with under threshold decoding: :meth:`~CachedLayers.layer_stats`), refresh steps, V-verify work, the
         tokens whose projections were reused, the drift of each call that measured it (``[step, drift,
         accumulated]``) and ``peak_cache_bytes``. Aliases kept for now (the benchmark reads them):
         ``flops_fraction`` = ``compute_ratio``, ``cache_bytes_peak`` = ``peak_cache_bytes``. The decisions

@@ -5,7 +5,7 @@ With ``DllmCache(response_refresh="drift")`` (our option on dLLM-Cache, arXiv 25
 ``drift_threshold``. A larger threshold refreshes less, so the compute fraction falls (stepwise: a generation
 refreshes a whole number of times) as the threshold grows. :func:`calibrate_drift` brackets the target and
 bisects geometrically (thresholds span decades), with core's one bracket/bisect search
-(:func:`forecache.core.calibration.bisect.bracket_and_bisect`, growing and shrinking by 4):
+(:func:`forecache.core.calibration.bracket_and_bisect`, growing and shrinking by 4):
 
 1. probe ``start``; multiply by 4 while the fraction is above the target, divide by 4 while it is below, until
    the target is bracketed or nothing more can change: when no call's drift exceeded the threshold, any larger
@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from forecache.core.calibration.bisect import bracket_and_bisect
+from forecache.core.calibration import bracket_and_bisect
 
 from .dllm_cache import DllmCache
 from .sampler import generate

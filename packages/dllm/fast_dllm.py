@@ -16,6 +16,11 @@ only the computed span holds real outputs: every other position passes its layer
 That is enough because the sampler reads logits at the current block only (``logits_at``); do not use this
 cache with a caller that reads logits elsewhere.
 
+The stored keys/values are kept through a core :class:`~forecache.core.storage.Storage` (``start(..., storage=...)``):
+it counts their bytes (``peak_cache_bytes``) and its byte budget raises core's
+:class:`~forecache.core.storage.CacheBudgetError`. The cached calls' fresh queries attend over them with core's
+:func:`~forecache.core.tokens.attend_stored`.
+
 Confidence-aware parallel decoding, the paper's other half, is a sampler option
 (``generate(..., threshold=0.9)``); :func:`fast_dllm` bundles both with the paper's settings.
 
@@ -35,9 +40,12 @@ import torch
 from torch import Tensor, nn
 
 from forecache.core.presets.registry import preset
+from forecache.core.storage import Storage
 from forecache.core.telemetry import Decision, Trace
-from forecache.core.validation import check_bool
+from forecache.core.tokens import attend_stored
+from forecache.core.validation import check, check_bool, check_choice, check_int
 
+from .cached_layers import cache_storage
 from .model import LayerRunner, LLaDABlock
 
 CacheKind = Literal["dual", "prefix"]
@@ -57,8 +65,13 @@ class FastDllmCache:
     def __post_init__(self) -> None:
         check_bool("FastDllmCache", "dual", self.dual, "True = DualCache, False = prefix cache")
 
-    def start(self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int) -> FastDllmCacheState:
-        """A fresh per-generation state for ``model`` (a ``LLaDAModel``); nothing is shared between states."""
+    def start(
+        self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
+        storage: Storage | None = None,
+    ) -> FastDllmCacheState:
+        """A fresh per-generation state for ``model`` (a ``LLaDAModel``); nothing is shared between states.
+        ``storage``: a core ``Storage`` for the stored keys/values (e.g. ``Storage(max_bytes=...)``: a byte
+        budget; its ``dtype`` must be None); default: an unbounded one of this state's own."""
         blocks = getattr(model, "blocks", None)
         if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
             raise ValueError("FastDllmCache.start: model has no `blocks` ModuleList; pass a LLaDAModel")
@@ -67,17 +80,24 @@ class FastDllmCache:
                 f"FastDllmCache.start: prompt_length={prompt_length}, gen_length={gen_length}, "
                 f"block_length={block_length}; need prompt_length >= 0 and block_length dividing gen_length"
             )
-        return FastDllmCacheState(self, len(blocks), prompt_length, gen_length, block_length)
+        return FastDllmCacheState(self, len(blocks), prompt_length, gen_length, block_length, storage)
 
 
 class FastDllmCacheState:
     """The per-layer K/V of one generation (one ``generate()`` call), refreshed at the first call of each block.
 
     Rows (2B under CFG) are independent: each keeps its own K/V and only its own keys are ever attended to.
+
+    Attributes:
+        k, v: per layer, the stored keys/values (B', Hkv, L or the prefix's length, hd), or None.
+        storage: the core :class:`~forecache.core.storage.Storage` that owns their bytes: its ``max_bytes`` budget
+            raises :class:`~forecache.core.storage.CacheBudgetError` when a layer's K/V do not fit (the layer
+            then holds nothing, and the next call refreshes); its ``peak_bytes`` is ``peak_cache_bytes``.
     """
 
     def __init__(
-        self, policy: FastDllmCache, n_layers: int, prompt_length: int, gen_length: int, block_length: int
+        self, policy: FastDllmCache, n_layers: int, prompt_length: int, gen_length: int, block_length: int,
+        storage: Storage | None = None,
     ) -> None:
         self.policy, self.prompt_length = policy, prompt_length
         self.gen_length, self.block_length = gen_length, block_length
@@ -88,7 +108,7 @@ class FastDllmCacheState:
         self.steps = 0
         self.refresh_steps: list[int] = []
         self.token_layers = self.computed = 0  # token-layer computations a full model does / this cache did
-        self.cache_bytes_peak = 0
+        self.storage = cache_storage("FastDllmCacheState", storage)
         self.decisions = Trace()
 
     def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
@@ -106,7 +126,7 @@ class FastDllmCacheState:
         refresh = block != self._block or rows != self._rows or self.k[-1] is None
         if refresh:
             self._block, self._rows = block, rows
-            self.k, self.v = [None] * len(self.k), [None] * len(self.v)  # drop the old block's K/V first
+            self._release()  # drop the old block's K/V first
             self.refresh_steps.append(step)
         # the refresh is the block's start (a segment boundary), not a trigger's: traced as "warmup", row -1 = the
         # whole call (conventions of forecache.dllm.call_trigger)
@@ -137,9 +157,9 @@ class FastDllmCacheState:
         v = layer.project_v(h)
         x = x + layer.attend(q, k, v, key_mask)
         keep = slice(None) if self.policy.dual else slice(0, start)
-        self.k[i], self.v[i] = k[:, :, keep].contiguous(), v[:, :, keep].contiguous()
+        # the storage keeps its own (bitwise equal, contiguous) copies and counts their bytes
+        self.k[i], self.v[i] = self.storage.keep_all([k[:, :, keep].contiguous(), v[:, :, keep].contiguous()])
         self.computed += x.shape[0] * x.shape[1]
-        self.cache_bytes_peak = max(self.cache_bytes_peak, self.nbytes)
         return x + layer.ffn(x)
 
     def _cached(
@@ -156,17 +176,29 @@ class FastDllmCacheState:
             k_all[:, :, span], v_all[:, :, span] = k, v
         else:  # the prefix, then the fresh block and suffix
             k_all, v_all = torch.cat([k_all, k.to(k_all.dtype)], dim=2), torch.cat([v_all, v.to(v_all.dtype)], dim=2)
-        xs = xs + layer.attend(q, k_all, v_all, key_mask)
+        xs = xs + layer.project_out(attend_stored(q, k_all, v_all, key_mask=key_mask))  # = layer.attend, bitwise
         xs = xs + layer.ffn(xs)
         self.computed += xs.shape[0] * xs.shape[1]
         out = x.clone()  # the model's buffer is not ours to overwrite
         out[:, span] = xs
         return out
 
+    def _release(self) -> None:
+        """Drop every layer's stored K/V and give their bytes back to the storage."""
+        for t in (*self.k, *self.v):
+            if t is not None:
+                self.storage.drop(t)
+        self.k, self.v = [None] * len(self.k), [None] * len(self.v)
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the stored keys and values now."""
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v) if t is not None)
+
+    @property
+    def cache_bytes_peak(self) -> int:
+        """The most bytes the stored keys/values held at once (the storage's peak): core's ``peak_cache_bytes``."""
+        return self.storage.peak_bytes
 
     def trace(self) -> Trace:
         """The K/V decision of every model call (site ``"kv"``, ``row=-1``): ``"warmup"`` at a block's first call
@@ -175,8 +207,9 @@ class FastDllmCacheState:
 
     def stats(self) -> dict[str, Any]:
         """Telemetry: ``compute_fraction`` = token-layers computed (queries, K/V, FFN) / what the uncached model
-        computes; ``refresh_steps`` = the full calls (the first of each block); ``peak_cache_bytes`` (core's name;
-        ``cache_bytes_peak`` is its alias, kept for now). No FLOP count yet, so no ``compute_ratio``."""
+        computes; ``refresh_steps`` = the full calls (the first of each block); ``peak_cache_bytes`` (core's name:
+        the storage's peak; ``cache_bytes_peak`` is its alias, kept for now). No FLOP count yet, so no
+        ``compute_ratio``."""
         return {
             "method": "fast_dllm_dual_cache" if self.policy.dual else "fast_dllm_prefix_cache",
             "params": asdict(self.policy),
@@ -208,16 +241,15 @@ class FastDllm:
     block_length: int = 32
 
     def __post_init__(self) -> None:
-        if self.threshold is not None and self.factor is not None:
-            raise ValueError("FastDllm: set threshold or factor, not both (they are alternative commit rules)")
-        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"FastDllm.threshold={self.threshold!r} must be in (0, 1] (0.9 in the paper)")
-        if self.factor is not None and not self.factor > 0.0:
-            raise ValueError(f"FastDllm.factor={self.factor!r} must be > 0 (1.0 in the reference code)")
-        if self.cache not in ("dual", "prefix", None):
-            raise ValueError(f"FastDllm.cache={self.cache!r}; use 'dual', 'prefix' or None")
-        if isinstance(self.block_length, bool) or not isinstance(self.block_length, int) or self.block_length < 1:
-            raise ValueError(f"FastDllm.block_length={self.block_length!r} must be an int >= 1 (32 in the paper)")
+        who = "FastDllm"
+        check(self.threshold is None or self.factor is None, who, "factor", self.factor,
+              "set threshold or factor, not both (they are alternative commit rules)", "pass threshold=None")
+        check(self.threshold is None or _real(self.threshold) and 0.0 < self.threshold <= 1.0, who, "threshold",
+              self.threshold, "must be in (0, 1] or None", "0.9 in the paper")
+        check(self.factor is None or _real(self.factor) and self.factor > 0.0, who, "factor", self.factor,
+              "must be > 0 or None", "1.0 in the reference code")
+        check_choice(who, "cache", self.cache, ("dual", "prefix", None), "use 'dual', 'prefix' or None")
+        check_int(who, "block_length", self.block_length, 1, "32 in the paper")
 
     def policy(self) -> FastDllmCache | None:
         """The ``CachePolicy`` for ``generate(cache=...)``, or None without a KV cache."""
@@ -227,6 +259,11 @@ class FastDllm:
         """``threshold``, ``factor``, ``cache`` and ``block_length`` for :func:`~forecache.dllm.sampler.generate`."""
         return {"threshold": self.threshold, "factor": self.factor, "cache": self.policy(),
                 "block_length": self.block_length}
+
+
+def _real(value: object) -> bool:
+    """A number (not a bool), so that comparing it is meaningful."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @preset(domain="dllm")

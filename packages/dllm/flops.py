@@ -6,8 +6,10 @@ for the recomputed tokens only, attention for the recomputed queries over *every
 these pieces up with the convention of ``torch.utils.flop_counter.FlopCounterMode``: 2 FLOPs per multiply-add
 of every matmul (a linear layer on ``n`` tokens is ``2 n fan_in fan_out``; its bias add is not counted),
 attention as its two batched matmuls (``q k^T`` and ``p v``: ``4 n_q n_k heads head_dim``); norms, RoPE,
-softmax and the cosines of V-verify are not counted. With the math SDPA backend (the one ``FlopCounterMode``
-can see on CPU; the fused CPU kernel is not counted by it at all) the tally equals the measured count exactly.
+softmax and the cosines of V-verify are not counted. The counts are core's analytic ones
+(:mod:`forecache.core.tokens.flops`), applied here to LLaDA's matmuls. With the math SDPA backend (the one
+``FlopCounterMode`` can see on CPU; the fused CPU kernel is not counted by it at all) the tally equals the measured
+count exactly.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+
+from forecache.core.tokens.flops import attention_flops, linear_flops
 
 
 @dataclass(frozen=True)
@@ -43,30 +47,35 @@ class LayerShapes:
 
 @dataclass
 class FlopTally:
-    """A running FLOP count; each method adds one kind of work for ``tokens`` tokens (summed over rows)."""
+    """A running FLOP count; each method adds one kind of work for ``tokens`` tokens (summed over rows).
+
+    The pieces are core's analytic counts (:mod:`forecache.core.tokens.flops`: ``linear_flops``,
+    ``attention_flops``) on this model's shapes; this class only knows which matmuls a LLaDA layer runs.
+    """
 
     shapes: LayerShapes
     total: int = 0
 
     def q(self, tokens: int) -> None:
-        self.total += 2 * tokens * self.shapes.d_model * self.shapes.q_dim
+        self.total += linear_flops(tokens, self.shapes.d_model, self.shapes.q_dim)
 
     def k(self, tokens: int) -> None:
-        self.total += 2 * tokens * self.shapes.d_model * self.shapes.kv_dim
+        self.total += linear_flops(tokens, self.shapes.d_model, self.shapes.kv_dim)
 
     v = k  # the value projection has the key projection's shape
 
     def attention(self, queries: int, keys: int) -> None:
         """``queries`` (summed over rows) each attending over ``keys`` keys (masked keys are computed too)."""
-        self.total += 4 * queries * keys * self.shapes.n_heads * self.shapes.head_dim
+        self.total += attention_flops(queries, keys, self.shapes.n_heads, self.shapes.head_dim)
 
     def out_ffn(self, tokens: int) -> None:
         """``attn_out`` and the SwiGLU MLP (gate, up, down) of ``tokens`` tokens."""
         s = self.shapes
-        self.total += 2 * tokens * (s.q_dim * s.d_model + 3 * s.d_model * s.ffn_hidden)
+        self.total += (linear_flops(tokens, s.q_dim, s.d_model) + 2 * linear_flops(tokens, s.d_model, s.ffn_hidden)
+                       + linear_flops(tokens, s.ffn_hidden, s.d_model))
 
     def head(self, tokens: int) -> None:
-        self.total += 2 * tokens * self.shapes.d_model * self.shapes.vocab
+        self.total += linear_flops(tokens, self.shapes.d_model, self.shapes.vocab)
 
     def full_layer(self, rows: int, length: int) -> None:
         """One layer computed for every token of ``rows`` rows of ``length`` tokens, as ``LLaDABlock.forward``."""

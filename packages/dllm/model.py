@@ -4,8 +4,8 @@ LLaDA (Nie et al., arXiv:2502.09992) predicts every masked token of a sequence a
 step is one full forward pass. This module reproduces the computation of LLaDA's ``LLaDALlamaBlock``
 (pre-norm RMSNorm, RoPE with the rotate-half convention, SDPA attention without a causal mask, SwiGLU MLP)
 with parameter names that match the official checkpoint, and exposes the pieces of a block
-(``project_qk``, ``project_v``, ``attend``, ``ffn``) so that a cache such as dLLM-Cache (arXiv:2506.06295)
-can recompute only some tokens of some layers.
+(``project_qk``, ``project_v``, ``attend`` (the attention, then ``project_out``), ``ffn``) so that a cache such
+as dLLM-Cache (arXiv:2506.06295) can recompute only some tokens of some layers.
 
 One deliberate difference from LLaDA's code: positions are counted per row from ``attention_mask``, so a
 left-padded row gets exactly the positions (and so the logits) it gets alone. LLaDA's code uses
@@ -102,9 +102,14 @@ class LLaDABlock(nn.Module):
             # Grouped-query attention: kv head j serves query heads j*r .. j*r+r-1, as repeat_interleave lays out.
             r = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        b, _, n, _ = out.shape
-        return self.attn_out(out.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim))
+        return self.project_out(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask))
+
+    def project_out(self, heads: Tensor) -> Tensor:
+        """The attention output per head (B, H, n, hd) -> heads merged, then ``attn_out``: (B, n, D). The step
+        after the attention itself, for a caller that attends on its own (fresh queries over stored keys/values,
+        :func:`forecache.core.tokens.attend_stored`)."""
+        b, _, n, _ = heads.shape
+        return self.attn_out(heads.transpose(1, 2).reshape(b, n, self.n_heads * self.head_dim))
 
     def ffn(self, x: Tensor) -> Tensor:
         """The SwiGLU MLP with its pre-norm: ``ff_out(silu(ff_proj(h)) * up_proj(h))``, ``h = ff_norm(x)``."""

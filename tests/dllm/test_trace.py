@@ -129,6 +129,30 @@ def test_features_are_kept_through_a_core_storage_with_its_budget(model):
         CombinedCache().start(model, 5, 12, 6, storage=Storage(dtype=torch.bfloat16))
 
 
+def test_fast_dllm_keeps_its_keys_and_values_through_a_core_storage(model):
+    b, layers, length = 2, 3, 17
+    per_layer = b * length * 4 * 2 * 2 * 8  # float32 keys and values, 2 kv heads of 8
+    storage = Storage()
+    _, stats = generate(model, IDS, ATTN, cache=FastDllmCache(), return_stats=True, **RUN)
+    state = FastDllmCache().start(model, 5, 12, 6, storage=storage)
+    x = torch.cat([IDS, torch.full((2, 12), MASK)], 1)
+    for step, block in ((0, 0), (1, 0), (2, 1)):  # a block start, a cached call, the next block's start
+        model(x, ATTN.new_ones(2, 17), runner=state.runner(x, step, block))
+    assert storage.bytes == state.nbytes == storage.peak_bytes == layers * per_layer  # the old block's K/V given back
+    assert state.stats()["peak_cache_bytes"] == state.stats()["cache_bytes_peak"] == stats["cache"]["peak_cache_bytes"]
+    prefix = FastDllmCache(dual=False).start(model, 5, 12, 6, storage=Storage())
+    model(x, runner=prefix.runner(x, 0, 1))
+    assert prefix.stats()["peak_cache_bytes"] == layers * per_layer * 11 // 17  # the prefix [0, 5 + 6) only
+    budget = FastDllmCache().start(model, 5, 12, 6, storage=Storage(max_bytes=2 * per_layer))
+    with pytest.raises(CacheBudgetError, match="max_cache_bytes"):
+        model(x, runner=budget.runner(x, 0, 0))  # the third layer does not fit
+    assert budget.k[2] is None and budget.storage.bytes == 2 * per_layer
+    with pytest.raises(ValueError, match="storage.dtype=torch.bfloat16 is invalid"):
+        FastDllmCache().start(model, 5, 12, 6, storage=Storage(dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="must be a forecache.core.storage.Storage or None"):
+        FastDllmCache().start(model, 5, 12, 6, storage=1024)
+
+
 def test_a_new_batch_size_gives_the_dropped_bytes_back(model):
     storage = Storage()
     state = CombinedCache(4).start(model, 5, 12, 6, storage=storage)

@@ -13,11 +13,14 @@
 - :func:`fit_teacache`: TeaCache's polynomial (arXiv 2411.19108); :func:`fit_magcache`: MagCache's
   magnitude-ratio curve (arXiv 2506.09045).
 - :func:`search_knob`: any preset's strength knob for a compute-ratio or fidelity target.
+- :func:`bracket_and_bisect`: the one bracket-and-bisect search over a scalar knob behind ``search_knob`` and
+  every domain's own calibration (dLLM-Cache's drift threshold); returns where it stopped, a :class:`Bracket`.
 - :class:`Profile`: the versioned JSON file presets read (``profile=``); see :mod:`.profile` for the
   format and for how a profile fitted at one step count serves another.
 - :func:`calibrate`: all of it in one call; ``forecache calibrate`` on the command line.
 """
 
+from .bisect import Bracket, bracket_and_bisect
 from .calibrate import FITTED_METHODS, calibrate
 from .fidelity import psnr
 from .fit_magcache import fit_magcache
@@ -29,7 +32,7 @@ from .search import Evaluation, SearchConfig, SearchResult, search_knob
 
 __all__ = [
     "FITTED_METHODS", "PROFILE_VERSION", "TEACACHE_DEGREE",
-    "Evaluation", "Knob", "Profile", "Recorder", "Recording", "SearchConfig", "SearchResult",
+    "Bracket", "Evaluation", "Knob", "Profile", "Recorder", "Recording", "SearchConfig", "SearchResult",
     "StepPoint", "TeaCachePolynomial", "Trajectory",
-    "calibrate", "fit_magcache", "fit_teacache", "knob_for", "knob_names", "psnr", "record", "search_knob",
+    "bracket_and_bisect", "calibrate", "fit_magcache", "fit_teacache", "knob_for", "knob_names", "psnr", "record", "search_knob",
 ]
