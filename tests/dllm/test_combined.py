@@ -7,12 +7,13 @@ import torch
 from forecache.core.flops import flop_counter
 from forecache.dllm.cache_presets import CACHE_PRESETS, resolve_cache
 from forecache.dllm.combined import CombinedCache, fast_dllm_cache
-from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.dllm_cache import DllmCache
 from forecache.dllm.fast_dllm import FastDllmCache
 from forecache.dllm.model import LLaDAModel
 from forecache.dllm.sampler import generate, pad_prompts
 from torch import nn
+
+from .tiny import tiny_llada
 
 VOCAB, MASK = 40, 39
 PROMPTS = [[3, 4, 5, 6, 7, 8], [9, 10], [11, 12, 13]]
@@ -23,18 +24,7 @@ RUN = {"steps": 12, "gen_length": 12, "block_length": 4}  # 3 blocks of 4 calls
 def model() -> LLaDAModel:
     """Random weights, grouped-query attention, larger than the default init: confident, varied answers, so
     threshold decoding takes a varying number of calls per block."""
-    config = LLaDAConfig(
-        d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=64, vocab_size=VOCAB, embedding_size=VOCAB,
-        max_sequence_length=128, mask_token_id=MASK, rope_theta=10000.0,
-    )
-    torch.manual_seed(0)
-    model = LLaDAModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.normal_(std=1.0 if name.startswith("wte") else 0.3)
-        model.ff_out.weight[MASK] = 0.0  # never propose the mask
-    return model
+    return tiny_llada(n_layers=2, vocab=VOCAB, confident=True, rope_theta=10000.0)
 
 
 def logged(model, policy, prompts=PROMPTS, **kw):

@@ -11,10 +11,11 @@ import pytest
 import torch
 from forecache.core.flops import flop_counter
 from forecache.dllm.combined import CombinedCache
-from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.dllm_cache import DllmCache
 from forecache.dllm.model import LLaDAModel
 from forecache.dllm.sampler import generate, pad_prompts
+
+from .tiny import tiny_llada
 
 VOCAB, MASK = 40, 39
 PROMPTS = [[3, 4, 5, 6, 7, 8], [9, 10], [11, 12, 13]]  # left-padded: padded rows too
@@ -25,16 +26,7 @@ SAME_LENGTH = [[3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6]]  # a request whose cached
 def model() -> LLaDAModel:
     """Random weights large enough to be confident, grouped-query attention: threshold decoding commits several
     tokens in some calls, so a cache can change the number of calls."""
-    config = LLaDAConfig(d_model=32, n_heads=4, n_kv_heads=2, n_layers=3, mlp_hidden_size=64, vocab_size=VOCAB,
-                         embedding_size=VOCAB, max_sequence_length=128, mask_token_id=MASK)
-    torch.manual_seed(0)
-    model = LLaDAModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.normal_(std=1.0 if name.startswith("wte") else 0.3)
-        model.ff_out.weight[MASK] = 0.0  # never propose the mask
-    return model
+    return tiny_llada(vocab=VOCAB, confident=True)
 
 
 def counted(model, policy, prompts=PROMPTS, **decoding) -> tuple[int, dict]:

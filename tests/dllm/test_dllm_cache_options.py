@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.dllm_cache import DllmCache, dllm_cache
 from forecache.dllm.feature_store import changed_first
 from forecache.dllm.model import LLaDAModel
@@ -14,25 +13,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from .row_invariant import row_invariant
+from .tiny import MASK, tiny_llada
 
-VOCAB, MASK = 64, 63
 RUN = {"steps": 12, "gen_length": 12, "block_length": 6}  # 2 blocks of 6 steps
 PROMPTS = [[5, 9, 2, 17, 30], [8, 1, 44]]  # left-padded to 5
 
 
 def tiny_model(n_layers: int = 3, seed: int = 0) -> LLaDAModel:
-    """Random weights, grouped-query attention; the head never proposes the mask (its row is zero, the other
-    logits are random), so answers fill with real tokens and the cache sees inputs change, as with a trained
-    model."""
-    torch.manual_seed(seed)
-    config = LLaDAConfig(
-        d_model=32, n_heads=4, n_kv_heads=2, n_layers=n_layers, mlp_hidden_size=64, vocab_size=VOCAB,
-        embedding_size=VOCAB, max_sequence_length=128, mask_token_id=MASK,
-    )
-    model = LLaDAModel(config).eval()
-    with torch.no_grad():
-        model.ff_out.weight[MASK] = 0.0
-    return model
+    return tiny_llada(n_layers, seed)
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +119,7 @@ def test_reuse_compares_layer_inputs_not_token_ids(exact_model):
 def test_reuse_with_stock_kernels_only_moves_last_bits():
     """With the stock matmul a row computed among fewer rows may round differently (on this CPU at width 256,
     batch 1, logits moved by ~4e-7); reusing a projection instead of recomputing it moves logits by that much."""
-    torch.manual_seed(0)
-    config = LLaDAConfig(d_model=256, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=512, vocab_size=VOCAB,
-                         embedding_size=VOCAB, max_sequence_length=128, mask_token_id=MASK)
-    wide = LLaDAModel(config).eval()
-    with torch.no_grad():
-        wide.ff_out.weight[MASK] = 0.0
+    wide = tiny_llada(n_layers=2, d_model=256, mlp=512)
     on = run_logged(wide, DllmCache(1, 1, 0.0, reuse_unchanged_qkv=2), prompts=PROMPTS[:1])
     off = run_logged(wide, DllmCache(1, 1, 0.0), prompts=PROMPTS[:1])
     assert on[2]["reused_qk_tokens"] > 0

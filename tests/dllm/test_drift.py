@@ -7,14 +7,14 @@ import math
 
 import pytest
 import torch
-from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.dllm_cache import DllmCache
 from forecache.dllm.drift import row_drift, step_drift
 from forecache.dllm.drift_calibration import calibrate_drift
 from forecache.dllm.model import LLaDAModel
 from forecache.dllm.sampler import generate, pad_prompts
 
-VOCAB, MASK = 64, 63
+from .tiny import MASK, tiny_llada
+
 RUN = {"steps": 12, "gen_length": 12, "block_length": 6}
 
 
@@ -28,16 +28,7 @@ def one_thread():
 
 
 def tiny_model(n_layers: int = 3, seed: int = 0) -> LLaDAModel:
-    """Random weights; the head never proposes the mask (zero row), so answers fill with real tokens."""
-    torch.manual_seed(seed)
-    config = LLaDAConfig(
-        d_model=32, n_heads=4, n_kv_heads=2, n_layers=n_layers, mlp_hidden_size=64, vocab_size=VOCAB,
-        embedding_size=VOCAB, max_sequence_length=128, mask_token_id=MASK,
-    )
-    model = LLaDAModel(config).eval()
-    with torch.no_grad():
-        model.ff_out.weight[MASK] = 0.0
-    return model
+    return tiny_llada(n_layers, seed)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import pytest
 import torch
 from forecache.core.flops import flop_counter
 from forecache.dllm.combined import fast_dllm_cache
-from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.dllm_cache import DllmCache
 from forecache.dllm.fast_dllm import FastDllmCache
 from forecache.dllm.model import LLaDAModel
@@ -15,8 +14,8 @@ from forecache.dllm.prefix_store import PrefixEntry, PrefixStore, with_prefix
 from forecache.dllm.sampler import generate, pad_prompts
 
 from .row_invariant import row_invariant
+from .tiny import MASK, tiny_llada
 
-VOCAB, MASK = 64, 63
 RUN = {"steps": 12, "gen_length": 12, "block_length": 4}
 SHOTS = [5, 9, 2, 17, 30, 11]  # the shared few-shot prefix
 A, B = SHOTS + [40, 41], SHOTS + [42, 43, 44]  # two requests with it
@@ -24,15 +23,7 @@ LAYERS = 3
 
 
 def tiny_model(seed: int = 0) -> LLaDAModel:
-    torch.manual_seed(seed)
-    config = LLaDAConfig(
-        d_model=32, n_heads=4, n_kv_heads=2, n_layers=LAYERS, mlp_hidden_size=64, vocab_size=VOCAB,
-        embedding_size=VOCAB, max_sequence_length=128, mask_token_id=MASK,
-    )
-    model = LLaDAModel(config).eval()
-    with torch.no_grad():
-        model.ff_out.weight[MASK] = 0.0  # never propose the mask: answers fill with real tokens
-    return model
+    return tiny_llada(LAYERS, seed)
 
 
 @pytest.fixture(scope="module")

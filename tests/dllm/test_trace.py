@@ -10,14 +10,14 @@ import torch
 from forecache.core.storage import CacheBudgetError, Storage
 from forecache.core.telemetry import Decision
 from forecache.dllm.combined import CombinedCache
-from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.dllm_cache import DllmCache
 from forecache.dllm.fast_dllm import FastDllmCache
 from forecache.dllm.model import LLaDAModel
 from forecache.dllm.prefix_store import PrefixStore, with_prefix
 from forecache.dllm.sampler import generate, pad_prompts
 
-VOCAB, MASK = 64, 63
+from .tiny import MASK, tiny_llada
+
 RUN = {"steps": 12, "gen_length": 12, "block_length": 6}
 
 
@@ -32,13 +32,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model() -> LLaDAModel:
-    torch.manual_seed(0)
-    config = LLaDAConfig(d_model=32, n_heads=4, n_kv_heads=2, n_layers=3, mlp_hidden_size=64, vocab_size=VOCAB,
-                         embedding_size=VOCAB, max_sequence_length=128, mask_token_id=MASK)
-    model = LLaDAModel(config).eval()
-    with torch.no_grad():
-        model.ff_out.weight[MASK] = 0.0
-    return model
+    return tiny_llada()
 
 
 IDS, ATTN = pad_prompts([[5, 9, 2, 17, 30], [8, 1, 44]], pad_id=0)
