@@ -109,9 +109,12 @@ class Stats:
 
     def __str__(self) -> str:
         d = self.as_dict()
+        ratio = (
+            f"compute ratio {d['compute_ratio']:.3f} (FLOPs speedup {d['speedup_flops']:.2f}x)"
+            if self.flops_counted else "FLOPs not counted (applied with count_flops=False)"
+        )
         lines = [
-            f"compute ratio {d['compute_ratio']:.3f} (FLOPs speedup {d['speedup_flops']:.2f}x), "
-            f"hit rate {d['hit_rate']:.3f}, {d['calls']} calls in {d['generations']} generation(s), "
+            f"{ratio}, hit rate {d['hit_rate']:.3f}, {d['calls']} calls in {d['generations']} generation(s), "
             f"peak cache {d['peak_cache_bytes'] / 2**20:.2f} MiB"
         ]
         if d["nonfinite_recomputes"] or d["rejected_forecasts"] or d["guarded_forecasts"]:
