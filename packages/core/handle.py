@@ -138,10 +138,10 @@ class CacheHandle:
         if self._must_compute or adapter.must_compute(model, args, kwargs):
             runtime.enter(None, passthrough=True)
             try:
-                out = self.runtime.run(key, batch, lambda: original(*args, **kwargs))
+                out = runtime.run(key, batch, lambda: original(*args, **kwargs))
             finally:
                 runtime.enter(None)
-            self.runtime.model_call(key, batch)
+            runtime.model_call(key, batch)
             return out
         raw = None
         if self.clock.explicit:
@@ -162,14 +162,14 @@ class CacheHandle:
             call = functools.partial(site.intercept, call)
         runtime.enter(ctx)
         try:
-            out = self.runtime.run(key, batch, lambda: call(*args, **kwargs))
-            bad = self.runtime.nonfinite()
+            out = runtime.run(key, batch, lambda: call(*args, **kwargs))
+            bad = runtime.nonfinite()
             if bad:
                 out = self._recompute(ctx, key, _model_rows(ctx, bad), call, args, kwargs, out)
         finally:
             runtime.enter(None)
-            self.runtime.discard_checks()
-        self.runtime.model_call(key, batch)
+            runtime.discard_checks()
+        runtime.model_call(key, batch)
         if not runtime.fired:
             names = ", ".join(s.name for s in self.sites[:4])
             raise RuntimeError(
