@@ -138,25 +138,15 @@ class Site:
         self._rows.clear()
 
     def history(self, ctx: CallContext, r: int) -> RowHistory:
-        """Row ``r``'s history at this site, under ``key(ctx, r)``."""
-        return self.histories(ctx, (r,))[0]
+        """Row ``r``'s history at this site, under ``key(ctx, r)`` (made on first use)."""
+        k = self.key(ctx, r)
+        hist = self._rows.get(k)
+        if hist is None:
+            hist = self._rows[k] = self._new_history()
+        return hist
 
-    def histories(self, ctx: CallContext, rows) -> list[RowHistory]:
-        """The histories of ``rows``, in order (made on first use)."""
-        if self.key is by_row:  # the default, without a call per row
-            branch = ctx.branch
-            keys = [(branch, r) for r in rows] if ctx.rows is None else [(branch, ctx.rows[r]) for r in rows]
-        else:
-            keys = [self.key(ctx, r) for r in rows]
-        found = self._rows
-        out = [found.get(k) for k in keys]
-        if None in out:
-            for i, k in enumerate(keys):
-                if out[i] is None:
-                    out[i] = found.get(k) or found.setdefault(
-                        k, RowHistory(self.trigger.new_state(), self.runtime.storage, self.forecaster.max_history)
-                    )
-        return out
+    def _new_history(self) -> RowHistory:
+        return RowHistory(self.trigger.new_state(), self.runtime.storage, self.forecaster.max_history)
 
     # -- decisions -------------------------------------------------------------------------------
     def plan(
@@ -185,10 +175,11 @@ class Site:
         plans = Plans()
         forecast: list[int] = []  # indices into plans (and rows) of the rows forecast
         for i, r in enumerate(rows):
+            # by_row inlined: the default key, without a call per row
             k = (branch, r if mapped is None else mapped[r]) if key is by_row else key(ctx, r)
             hist = found.get(k)
             if hist is None:
-                hist = found[k] = RowHistory(trigger.new_state(), runtime.storage, forecaster.max_history)
+                hist = found[k] = self._new_history()
             last = hist.last_compute_step
             obs = Observation(step, t, timesteps, None if last is None else position - last,
                               None if signal is None else signal[r : r + 1])
