@@ -52,6 +52,17 @@ class Storage:
         self._grow(n)
         return kept
 
+    def adopt(self, values) -> list[torch.Tensor]:
+        """``values`` handed over to the cache as they are (the caller writes them no more), their
+        bytes counted together (over the budget, none is kept); cast copies when a storage dtype is set."""
+        dtype = self.dtype
+        kept = [x.detach() if dtype in (None, x.dtype) else x.detach().to(dtype) for x in values]
+        n = 0
+        for y in kept:
+            n += y.numel() * y.element_size()
+        self._grow(n)
+        return kept
+
     def keep_shared(self, values, users: int) -> list[Shared]:
         """Detached copies of ``values`` (each kept once), each shared by ``users`` holders."""
         return [Shared(y, users) for y in self.keep_all(values)]

@@ -137,12 +137,12 @@ class CachedLayers:
         self.flops_full.full_layer(rows, length)
 
     def keep(self, i: int, features: LayerFeatures) -> None:
-        """Store layer ``i``'s features, replacing its old ones, through :attr:`storage`: the storage keeps its own
-        copies (bitwise equal, same layout) and counts their bytes, so the peak counts what is held after the
-        replacement; over the storage's byte budget, :class:`~forecache.core.storage.CacheBudgetError` (and the
-        layer holds nothing)."""
+        """Store layer ``i``'s features, replacing its old ones, through :attr:`storage`: the features are handed
+        over as they are (no copy) and their bytes counted, so the peak counts what is held after the replacement;
+        over the storage's byte budget, :class:`~forecache.core.storage.CacheBudgetError` (and the layer holds
+        nothing)."""
         self._release(i)
-        kept = iter(self.storage.keep_all([t for t in _tensors(features) if t is not None]))
+        kept = iter(self.storage.adopt([t for t in _tensors(features) if t is not None]))
         self.store[i] = LayerFeatures(*(None if t is None else next(kept) for t in _tensors(features)))
 
     def _release(self, i: int) -> None:

@@ -157,8 +157,8 @@ class FastDllmCacheState:
         v = layer.project_v(h)
         x = x + layer.attend(q, k, v, key_mask)
         keep = slice(None) if self.policy.dual else slice(0, start)
-        # the storage keeps its own (bitwise equal, contiguous) copies and counts their bytes
-        self.k[i], self.v[i] = self.storage.keep_all([k[:, :, keep].contiguous(), v[:, :, keep].contiguous()])
+        # handed over to the storage as they are (contiguous, nothing else writes them), their bytes counted
+        self.k[i], self.v[i] = self.storage.adopt([k[:, :, keep].contiguous(), v[:, :, keep].contiguous()])
         self.computed += x.shape[0] * x.shape[1]
         return x + layer.ffn(x)
 

@@ -7,6 +7,7 @@ import torch
 
 import forecache.core as fc
 from forecache.core.forecasters import Forecaster
+from forecache.core.storage import Storage
 from forecache.core.testing.toy import ToyAdapter, ToyTransformer, sample, toy_inputs
 from forecache.core.triggers import Interval
 from forecache.core.triggers.base import Trigger
@@ -285,3 +286,15 @@ def test_cfg_cache_in_one_batched_call(toy, adapter):
     rel = float((out - ref).norm() / ref.norm())
     assert 0 < rel < 0.2
     handle.remove()
+
+
+def test_storage_adopts_without_a_copy_and_counts_the_bytes():
+    storage = Storage(max_bytes=1000)
+    x = torch.ones(10, 10)  # 400 bytes
+    (kept,) = storage.adopt([x])
+    assert kept.data_ptr() == x.data_ptr() and storage.bytes == 400
+    with pytest.raises(fc.CacheBudgetError):
+        storage.adopt([torch.ones(10, 10), torch.ones(10, 10)])  # 800 more: over the budget, none kept
+    assert storage.bytes == 400 and storage.peak_bytes == 400
+    half = Storage(dtype=torch.bfloat16)
+    assert half.adopt([x])[0].dtype == torch.bfloat16 and half.bytes == 200
