@@ -20,6 +20,9 @@ Trace conventions for a LLaDA generation (one cache state = one generation):
   was computed because there was nothing to reuse: the first call, a new batch size, a new block's span);
   ``metric``: the trigger's (model calls since the last refresh for an interval, the summed drift for the drift
   trigger); ``note``: why a ``"warmup"`` or forced compute happened.
+
+A state's telemetry about its decisions (the calls that refreshed a part, the full calls) is read back from this
+trace when asked (:func:`per_call`, :func:`steps_where`), so the trace and the stats cannot disagree.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 from forecache.core.telemetry import Decision, Trace
 from forecache.core.triggers import Observation, Trigger, ask
 
-__all__ = ["CallTrigger"]
+__all__ = ["CallTrigger", "per_call", "steps_where"]
 
 
 class CallTrigger:
@@ -65,3 +68,22 @@ class CallTrigger:
         """Append this call's decision to the trace (``row=-1``: the whole call)."""
         self.trace.append(Decision(generation=0, step=step, branch=0, row=-1, site=self.site, t=float(step),
                                    action=action, metric=metric, note=note, segment=segment))
+
+
+def per_call(trace: Trace, sites: tuple[str, ...]) -> list[tuple[Decision, ...]]:
+    """The whole-call decisions of ``trace`` grouped by model call: one tuple per call, its decisions in ``sites``
+    order. A state records exactly one decision per site at every call, in that order; a trace that does not
+    read so (edited by hand) raises ``ValueError``."""
+    n = len(sites)
+    calls = [tuple(trace[i:i + n]) for i in range(0, len(trace), n)]
+    for call in calls:
+        if tuple(d.site for d in call) != sites:
+            raise ValueError(f"trace: a model call's decisions are at sites {[d.site for d in call]}, expected "
+                             f"{list(sites)} (one per site, in that order)")
+    return calls
+
+
+def steps_where(calls: list[tuple[Decision, ...]], part: int, action: str) -> list[int]:
+    """The steps of the calls (:func:`per_call`'s tuples) whose decision number ``part`` has ``action``, in call
+    order."""
+    return [call[part].step for call in calls if call[part].action == action]

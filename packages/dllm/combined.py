@@ -57,7 +57,7 @@ from forecache.core.triggers import Interval
 from forecache.core.validation import check_choice, check_fraction, check_int
 
 from .cached_layers import CachedLayers, check_model, columns
-from .call_trigger import CallTrigger
+from .call_trigger import CallTrigger, per_call, steps_where
 from .model import LayerRunner, LLaDABlock
 from .v_verify import valid_candidates, verify
 
@@ -151,14 +151,16 @@ class CombinedCacheState(CachedLayers):
     ) -> None:
         super().__init__(model, prompt_length, gen_length, block_length, storage=storage)
         self.policy = policy
-        self.steps = 0
         self._block: int | None = None
         self._prompt = CallTrigger("prompt", Interval(policy.prompt_interval), self.decisions)
         self._span = CallTrigger("span", Interval(policy.refresh_interval), self.decisions)
-        self.block_start_steps: list[int] = []
-        self.prompt_refresh_steps: list[int] = []
-        self.span_refresh_steps: list[int] = []
-        self.full_steps: list[int] = []
+
+    SITES = ("prompt", "span")  # the parts decided at every model call, in the order they are traced
+
+    @property
+    def steps(self) -> int:
+        """The model calls made so far (one decision per part each, in :meth:`~CachedLayers.trace`)."""
+        return len(self.decisions) // len(self.SITES)
 
     def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
         """The layer runner for model call ``step`` (0-based, global across blocks) on block ``block``."""
@@ -176,10 +178,8 @@ class CombinedCacheState(CachedLayers):
         first = dropped or block != self._block or empty
         if first:
             self._block = block
-            self.block_start_steps.append(step)
         policy = self.policy
-        start = P + block * bl
-        lo, hi = {"block": (start, start + bl), "suffix": (start, length), "answer": (P, length)}[policy.span]
+        lo, hi = self._span_columns(block)
         k = math.floor(policy.rho * (hi - lo) + 1e-9)
         # the span's period counts from the block's first call, which recomputes the whole answer
         due, span_metric = self._span.decide(step, must=first)
@@ -195,18 +195,18 @@ class CombinedCacheState(CachedLayers):
         else:
             forced = "rho = 1: V-verify would pick every span token" if every and not due else None
             self._span.record(step, "compute" if refresh else "cached", span_metric, block, forced)
-        self.steps += 1
-        if prompt:
-            self.prompt_refresh_steps.append(step)
-        if refresh:
-            self.span_refresh_steps.append(step)
-        if plan.full or self.store[-1] is None:
-            self.full_steps.append(step)
 
         def run(i: int, layer: LLaDABlock, h: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor) -> Tensor:
             return self._layer(plan, i, layer, h, cos, sin, key_mask)
 
         return run
+
+    def _span_columns(self, block: int) -> tuple[int, int]:
+        """The columns ``[lo, hi)`` of the span recomputed on a refresh while block ``block`` is decoded."""
+        P, length = self.prompt_length, self.prompt_length + self.gen_length
+        start = P + block * self.block_length
+        return {"block": (start, start + self.block_length), "suffix": (start, length), "answer": (P, length)}[
+            self.policy.span]
 
     def _layer(
         self, plan: _Plan, i: int, layer: LLaDABlock, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor
@@ -242,17 +242,24 @@ class CombinedCacheState(CachedLayers):
         uncached model computes; ``flops``/``flops_full``/``flops_fraction`` (matmul FLOPs as computed, V-verify's
         values included, :mod:`forecache.dllm.flops`); the calls that started a block, refreshed the prompt,
         refreshed the span, or computed everything; V-verify's work; ``peak_cache_bytes`` and ``compute_ratio``
-        (core's names; ``cache_bytes_peak`` and ``flops_fraction`` are their aliases, kept for now)."""
+        (core's names; ``cache_bytes_peak`` and ``flops_fraction`` are their aliases, kept for now). ``steps``
+        and the steps lists are read from the decisions in :meth:`~CachedLayers.trace`."""
         layers = self.layer_stats()
+        calls = per_call(self.decisions, self.SITES)
+        answer = (self.prompt_length, self.prompt_length + self.gen_length)
         return {
             "method": "fast_dllm_cache",
             "params": asdict(self.policy),
-            "steps": self.steps,
+            "steps": len(calls),
             **layers,
             "v_verify_fraction": self.verified / max(self.token_layers, 1),
             "avg_selected_per_row": self.selected / max(self.adaptive_row_layers, 1),
-            "block_start_steps": list(self.block_start_steps),
-            "prompt_refresh_steps": list(self.prompt_refresh_steps),
-            "span_refresh_steps": list(self.span_refresh_steps),
-            "full_steps": list(self.full_steps),
+            "block_start_steps": steps_where(calls, 1, "warmup"),
+            "prompt_refresh_steps": steps_where(calls, 0, "compute"),
+            "span_refresh_steps": steps_where(calls, 1, "compute"),
+            # every layer ran in full when the prompt was not reused and the whole answer was recomputed: at a
+            # block's start ("warmup", also every call with nothing stored) or on a refresh of a span that is
+            # the whole answer
+            "full_steps": [p.step for p, s in calls if p.action != "cached" and (
+                s.action == "warmup" or s.action == "compute" and self._span_columns(s.segment) == answer)],
         }

@@ -26,7 +26,7 @@ from forecache.core.storage import Storage
 from forecache.core.triggers import Interval, MeasuredChange
 
 from .cached_layers import CachedLayers, columns
-from .call_trigger import CallTrigger
+from .call_trigger import CallTrigger, per_call, steps_where
 from .drift import row_drift, step_drift
 from .model import LayerRunner, LLaDABlock
 from .v_verify import valid_candidates, verify
@@ -59,13 +59,16 @@ class DllmCacheState(CachedLayers):
                     else MeasuredChange(policy.drift_threshold, policy.drift_accumulate))
         self._response = CallTrigger("response", response, self.decisions)
         self._k = math.floor(policy.rho * gen_length + 1e-9)  # answer tokens V-verify picks per row
-        self.steps = 0
-        self.full_steps: list[int] = []
-        self.prompt_refresh_steps: list[int] = []
-        self.response_refresh_steps: list[int] = []
         self.drift: list[tuple[int, float, float]] = []  # (step, drift, accumulated) of every call measuring it
         self._open: dict[str, Any] | None = None  # the last call's per-step record, closed at the next call
         self._change: float | None = None  # the last call's drift, for the response trigger's next decision
+
+    SITES = ("prompt", "response")  # the parts decided at every model call, in the order they are traced
+
+    @property
+    def steps(self) -> int:
+        """The model calls made so far (one decision per part each, in :meth:`~CachedLayers.trace`)."""
+        return len(self.decisions) // len(self.SITES)
 
     def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
         """The layer runner for model call ``step`` (0-based, global across blocks). ``block`` (the block being
@@ -91,13 +94,6 @@ class DllmCacheState(CachedLayers):
         for part, computed, metric in ((self._prompt, prompt, prompt_metric),
                                        (self._response, response, response_metric)):
             part.record(step, "compute" if computed else "warmup" if empty else "cached", metric, block, note)
-        self.steps += 1
-        if prompt and response or self.store[-1] is None:
-            self.full_steps.append(step)
-        if prompt:
-            self.prompt_refresh_steps.append(step)
-        if response:
-            self.response_refresh_steps.append(step)
 
         P, R, bl = self.prompt_length, self.gen_length, self.block_length
         lo, hi = {"answer": (0, R), "prefix": (0, (block + 1) * bl), "block": (block * bl, (block + 1) * bl)}[
@@ -181,15 +177,17 @@ class DllmCacheState(CachedLayers):
         compares with under threshold decoding: :meth:`~CachedLayers.layer_stats`), refresh steps, V-verify work, the
         tokens whose projections were reused, the drift of each call that measured it (``[step, drift,
         accumulated]``) and ``peak_cache_bytes``. Aliases kept for now (the benchmark reads them):
-        ``flops_fraction`` = ``compute_ratio``, ``cache_bytes_peak`` = ``peak_cache_bytes``. The decisions
-        behind the refresh steps are in :meth:`~CachedLayers.trace`."""
+        ``flops_fraction`` = ``compute_ratio``, ``cache_bytes_peak`` = ``peak_cache_bytes``. ``steps`` and the
+        refresh steps (``full_steps``, ``prompt_refresh_steps``, ``response_refresh_steps``) are read from the
+        decisions in :meth:`~CachedLayers.trace`."""
         self._close_step()
         full = max(self.token_layers, 1)
         layers = self.layer_stats()
+        calls = per_call(self.decisions, self.SITES)
         return {
             "method": "dllm_cache",
             "params": asdict(self.policy),
-            "steps": self.steps,
+            "steps": len(calls),
             "layer_calls": self.layer_calls,
             "token_layers": self.token_layers,
             "computed": self.computed,
@@ -204,9 +202,11 @@ class DllmCacheState(CachedLayers):
             "reused_qk_tokens": self.reused_qk,
             "reused_v_tokens": self.reused_v,
             "drift": [list(entry) for entry in self.drift],  # [step, drift, accumulated since the last refresh]
-            "full_steps": list(self.full_steps),
-            "prompt_refresh_steps": list(self.prompt_refresh_steps),
-            "response_refresh_steps": list(self.response_refresh_steps),
+            # read back from the trace: a call computed everything when neither part was reused (both computed, or
+            # a part was a "warmup": nothing was stored, so every layer ran in full)
+            "full_steps": [p.step for p, r in calls if "cached" not in (p.action, r.action)],
+            "prompt_refresh_steps": steps_where(calls, 0, "compute"),
+            "response_refresh_steps": steps_where(calls, 1, "compute"),
             "cache_bytes_peak": self.cache_bytes_peak,
             "compute_ratio": layers["compute_ratio"],
             "peak_cache_bytes": layers["peak_cache_bytes"],

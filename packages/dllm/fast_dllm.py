@@ -16,6 +16,11 @@ only the computed span holds real outputs: every other position passes its layer
 That is enough because the sampler reads logits at the current block only (``logits_at``); do not use this
 cache with a caller that reads logits elsewhere.
 
+Its ``compute_ratio`` (core's name) is the matmul FLOPs this cache executed over those of the uncached model on the
+same model calls, tallied from the layer shapes as dLLM-Cache's are (:mod:`forecache.dllm.flops`): the head at the
+current block (the sampler's ``logits_at``), every layer in full at a block's start, and on the other calls the
+span's projections, its queries' attention over every key, and its FFN.
+
 The stored keys/values are kept through a core :class:`~forecache.core.storage.Storage` (``start(..., storage=...)``):
 it counts their bytes (``peak_cache_bytes``) and its byte budget raises core's
 :class:`~forecache.core.storage.CacheBudgetError`. The cached calls' fresh queries attend over them with core's
@@ -46,6 +51,7 @@ from forecache.core.tokens import attend_stored
 from forecache.core.validation import check, check_bool, check_choice, check_int
 
 from .cached_layers import cache_storage
+from .flops import FlopTally, LayerShapes
 from .model import LayerRunner, LLaDABlock
 
 CacheKind = Literal["dual", "prefix"]
@@ -80,7 +86,8 @@ class FastDllmCache:
                 f"FastDllmCache.start: prompt_length={prompt_length}, gen_length={gen_length}, "
                 f"block_length={block_length}; need prompt_length >= 0 and block_length dividing gen_length"
             )
-        return FastDllmCacheState(self, len(blocks), prompt_length, gen_length, block_length, storage)
+        return FastDllmCacheState(self, len(blocks), prompt_length, gen_length, block_length, storage,
+                                  shapes=LayerShapes.of(model))
 
 
 class FastDllmCacheState:
@@ -93,23 +100,30 @@ class FastDllmCacheState:
         storage: the core :class:`~forecache.core.storage.Storage` that owns their bytes: its ``max_bytes`` budget
             raises :class:`~forecache.core.storage.CacheBudgetError` when a layer's K/V do not fit (the layer
             then holds nothing, and the next call refreshes); its ``peak_bytes`` is ``peak_cache_bytes``.
+        flops, flops_full: :class:`~forecache.dllm.flops.FlopTally` of the matmul FLOPs this cache executed and
+            of those the uncached model executes on the same calls.
     """
 
     def __init__(
         self, policy: FastDllmCache, n_layers: int, prompt_length: int, gen_length: int, block_length: int,
-        storage: Storage | None = None,
+        storage: Storage | None = None, *, shapes: LayerShapes,
     ) -> None:
+        """``shapes``: the model's matmul shapes, for the FLOP tally (``start`` reads them off the model)."""
         self.policy, self.prompt_length = policy, prompt_length
         self.gen_length, self.block_length = gen_length, block_length
         self.k: list[Tensor | None] = [None] * n_layers
         self.v: list[Tensor | None] = [None] * n_layers
         self._block: int | None = None
         self._rows: int | None = None
-        self.steps = 0
-        self.refresh_steps: list[int] = []
         self.token_layers = self.computed = 0  # token-layer computations a full model does / this cache did
         self.storage = cache_storage("FastDllmCacheState", storage)
         self.decisions = Trace()
+        self.flops, self.flops_full = FlopTally(shapes), FlopTally(shapes)
+
+    @property
+    def steps(self) -> int:
+        """The model calls made so far (one ``"kv"`` decision each, in :meth:`trace`)."""
+        return len(self.decisions)
 
     def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
         """The layer runner for model call ``step`` on block ``block``: a full, cache-refreshing call when the
@@ -127,7 +141,6 @@ class FastDllmCacheState:
         if refresh:
             self._block, self._rows = block, rows
             self._release()  # drop the old block's K/V first
-            self.refresh_steps.append(step)
         # the refresh is the block's start (a segment boundary), not a trigger's: traced as "warmup", row -1 = the
         # whole call (conventions of forecache.dllm.call_trigger)
         self.decisions.append(Decision(
@@ -135,12 +148,15 @@ class FastDllmCacheState:
             action="warmup" if refresh else "cached", segment=block,
             note="block start (or new batch size): every token computed, K/V stored" if refresh else None,
         ))
-        self.steps += 1
+        # the head runs on the current block only (the sampler's logits_at), with or without a cache
+        self.flops.head(rows * self.block_length)
+        self.flops_full.head(rows * self.block_length)
         start = self.prompt_length + block * self.block_length
         span = slice(start, start + self.block_length if self.policy.dual else length)
 
         def run(i: int, layer: LLaDABlock, h: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor) -> Tensor:
             self.token_layers += h.shape[0] * h.shape[1]
+            self.flops_full.full_layer(h.shape[0], h.shape[1])
             if refresh:
                 return self._full(i, layer, h, cos, sin, key_mask, span.start)
             return self._cached(i, layer, h, cos, sin, key_mask, span)
@@ -160,6 +176,7 @@ class FastDllmCacheState:
         # handed over to the storage as they are (contiguous, nothing else writes them), their bytes counted
         self.k[i], self.v[i] = self.storage.adopt([k[:, :, keep].contiguous(), v[:, :, keep].contiguous()])
         self.computed += x.shape[0] * x.shape[1]
+        self.flops.full_layer(x.shape[0], x.shape[1])
         return x + layer.ffn(x)
 
     def _cached(
@@ -178,7 +195,14 @@ class FastDllmCacheState:
             k_all, v_all = torch.cat([k_all, k.to(k_all.dtype)], dim=2), torch.cat([v_all, v.to(v_all.dtype)], dim=2)
         xs = xs + layer.project_out(attend_stored(q, k_all, v_all, key_mask=key_mask))  # = layer.attend, bitwise
         xs = xs + layer.ffn(xs)
-        self.computed += xs.shape[0] * xs.shape[1]
+        n = xs.shape[0] * xs.shape[1]
+        self.computed += n
+        # the span's projections and FFN; its queries attend over every key (stored and fresh: the row's length)
+        self.flops.q(n)
+        self.flops.k(n)
+        self.flops.v(n)
+        self.flops.attention(n, k_all.shape[2])
+        self.flops.out_ffn(n)
         out = x.clone()  # the model's buffer is not ours to overwrite
         out[:, span] = xs
         return out
@@ -207,15 +231,21 @@ class FastDllmCacheState:
 
     def stats(self) -> dict[str, Any]:
         """Telemetry: ``compute_fraction`` = token-layers computed (queries, K/V, FFN) / what the uncached model
-        computes; ``refresh_steps`` = the full calls (the first of each block); ``peak_cache_bytes`` (core's name:
-        the storage's peak; ``cache_bytes_peak`` is its alias, kept for now). No FLOP count yet, so no
-        ``compute_ratio``."""
+        computes; ``flops`` / ``flops_full`` = matmul FLOPs executed / the uncached model's on the calls made, and
+        ``compute_ratio`` (core's name) their ratio, defined as dLLM-Cache's (``CachedLayers.layer_stats``: under
+        threshold decoding it is the saving per call, not the ratio to the uncached run); ``steps`` (model
+        calls) and ``refresh_steps`` (the full calls, the first of each block), read from :meth:`trace`;
+        ``peak_cache_bytes`` (core's name: the storage's peak; ``cache_bytes_peak`` is its alias, kept for
+        now)."""
         return {
             "method": "fast_dllm_dual_cache" if self.policy.dual else "fast_dllm_prefix_cache",
             "params": asdict(self.policy),
             "steps": self.steps,
             "compute_fraction": self.computed / max(self.token_layers, 1),
-            "refresh_steps": list(self.refresh_steps),
+            "flops": self.flops.total,
+            "flops_full": self.flops_full.total,
+            "compute_ratio": self.flops.total / max(self.flops_full.total, 1),
+            "refresh_steps": [d.step for d in self.decisions if d.action == "warmup"],
             "cache_bytes_peak": self.cache_bytes_peak,
             "peak_cache_bytes": self.cache_bytes_peak,
         }

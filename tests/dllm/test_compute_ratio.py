@@ -12,6 +12,7 @@ import torch
 from forecache.core.flops import flop_counter
 from forecache.dllm.combined import CombinedCache
 from forecache.dllm.dllm_cache import DllmCache
+from forecache.dllm.fast_dllm import FastDllmCache
 from forecache.dllm.model import LLaDAModel
 from forecache.dllm.sampler import generate, pad_prompts
 
@@ -67,3 +68,29 @@ def test_under_threshold_decoding_the_ratio_is_over_the_calls_made(model):
     whole_run = Fraction(flops, uncached)
     assert whole_run == Fraction(cache["flops"], cache["flops_full"]) * Fraction(calls, uncached_calls)
     assert float(whole_run) < cache["compute_ratio"]  # fewer calls: the run saves more than the per-call ratio
+
+
+FAST = [FastDllmCache(), FastDllmCache(dual=False)]
+
+
+@pytest.mark.parametrize("policy", FAST, ids=["dual", "prefix"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_fast_dllm_tallies_the_flops_it_executes(model, policy, cfg_scale):
+    """Fast-dLLM's tally (head at the block, full layers at a block's start, the span over every key otherwise)
+    is the counted FLOPs of its run, and ``flops_full`` the uncached run's on LLaDA's fixed schedule."""
+    decoding = {"steps": 12, "gen_length": 12, "block_length": 4, "cfg_scale": cfg_scale}
+    uncached, _ = counted(model, None, **decoding)
+    flops, stats = counted(model, policy, **decoding)
+    cache = stats["cache"]
+    assert cache["flops"] == flops and cache["flops_full"] == uncached
+    assert cache["compute_ratio"] == flops / uncached < 1
+
+
+def test_fast_dllm_under_threshold_decoding_the_ratio_is_over_the_calls_made(model):
+    decoding = {"gen_length": 12, "block_length": 4, "threshold": 0.25}
+    uncached, plain = counted(model, None, SAME_LENGTH, **decoding)
+    flops, stats = counted(model, FAST[0], SAME_LENGTH, **decoding)
+    cache, calls, uncached_calls = stats["cache"], stats["model_calls"], plain["model_calls"]
+    assert cache["flops"] == flops
+    assert cache["flops_full"] * uncached_calls == uncached * calls
+    assert cache["compute_ratio"] == cache["flops"] / cache["flops_full"] < 1

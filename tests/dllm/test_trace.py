@@ -154,3 +154,50 @@ def test_a_new_batch_size_gives_the_dropped_bytes_back(model):
         x = torch.cat([IDS[:rows], torch.full((rows, 12), MASK)], 1)
         model(x, runner=state.runner(x, 0, 0))
     assert storage.bytes == state.nbytes and storage.peak_bytes == 2 * state.nbytes  # one row now, two at the peak
+
+
+def calls_of(trace):
+    """Each model call's decisions, by site."""
+    calls: dict[int, dict[str, Decision]] = {}
+    for d in trace:
+        calls.setdefault(d.step, {})[d.site] = d
+    return calls
+
+
+@pytest.mark.parametrize("policy", [DllmCache(5, 3, 0.25), DllmCache(3, 2, 1.0),
+                                    DllmCache(4, rho=0.25, response_refresh="drift", drift_threshold=0.1),
+                                    CombinedCache(4, "answer", 2, 0.25), CombinedCache(3, "block", 2, 0.25),
+                                    CombinedCache(2, "suffix", 3, 1.0), FastDllmCache(), FastDllmCache(dual=False)])
+def test_the_stats_lists_are_what_the_trace_says(model, policy):
+    """The steps lists and the call count are read from the trace: a call refreshed a part iff its decision there
+    is "compute"; it computed everything iff nothing was reused (for the combination: the prompt not reused and
+    the whole answer recomputed, at a block's start or by a span that is the whole answer)."""
+    _, stats = generate(model, IDS, ATTN, cache=policy, return_stats=True, **RUN)
+    trace, cache, calls = stats["trace"], stats["cache"], calls_of(stats["trace"])
+    assert cache["steps"] == len(calls) == stats["model_calls"]
+    if isinstance(policy, FastDllmCache):
+        assert cache["refresh_steps"] == steps_of(trace, "kv", "warmup")
+        return
+    assert cache["prompt_refresh_steps"] == steps_of(trace, "prompt", "compute")
+    if isinstance(policy, DllmCache):
+        assert cache["response_refresh_steps"] == steps_of(trace, "response", "compute")
+        assert cache["full_steps"] == [s for s, c in calls.items() if all(d.computed for d in c.values())]
+        return
+    assert cache["span_refresh_steps"] == steps_of(trace, "span", "compute")
+    assert cache["block_start_steps"] == steps_of(trace, "span", "warmup")
+
+    def whole_answer(span: Decision) -> bool:  # RUN has 2 blocks: the suffix of the first is the answer
+        return span.action == "warmup" or span.action == "compute" and (
+            policy.span == "answer" or policy.span == "suffix" and span.segment == 0)
+
+    assert cache["full_steps"] == [s for s, c in calls.items() if c["prompt"].computed and whole_answer(c["span"])]
+    assert cache["full_steps"]  # the first call at least
+
+
+def test_a_trace_edited_out_of_shape_is_refused(model):
+    state = CombinedCache(4).start(model, 5, 12, 6)
+    x = torch.cat([IDS, torch.full((2, 12), MASK)], 1)
+    model(x, runner=state.runner(x, 0, 0))
+    state.trace().pop()
+    with pytest.raises(ValueError, match="expected \\['prompt', 'span'\\]"):
+        state.stats()
