@@ -22,7 +22,7 @@ A site is written against :class:`Runtime` alone, handed to it when it is built
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
