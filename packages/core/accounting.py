@@ -58,6 +58,7 @@ class Accounts:
 
     def skipped(self, key: Hashable, rows: float, flops: float | None = None) -> None:
         """``rows`` rows did not run ``key`` (``flops``: per-row FLOPs, when counted analytically)."""
+        # _per_row inlined: skipped runs at every site call that forecasts
         per_row = self.meter.counts.get(key) if flops is None else (flops if self.meter.enabled else None)
         if per_row is None:
             if self.meter.enabled:
@@ -68,8 +69,14 @@ class Accounts:
 
     def extra(self, key: Hashable, rows: float, flops: float | None = None) -> None:
         """``rows`` rows ran ``key`` once more than the uncached model would."""
-        per_row = self.meter.per_row(key) if flops is None else (flops if self.meter.enabled else None)
-        self.stats.flops_extra += (per_row or 0.0) * rows
+        self.stats.flops_extra += (self._per_row(key, flops) or 0.0) * rows
+
+    def _per_row(self, key: Hashable, flops: float | None) -> float | None:
+        """The site's analytic per-row count when it gives one (a varying token subset, which counting
+        by shape cannot follow), else the meter's count for ``key``; None when nothing is counted."""
+        if flops is None:
+            return self.meter.counts.get(key)
+        return flops if self.meter.enabled else None
 
     def model_call(self, key: Hashable, rows: int) -> None:
         self.stats.calls += 1

@@ -38,25 +38,20 @@ class Storage:
 
     def keep(self, x: torch.Tensor) -> torch.Tensor:
         """A detached copy of ``x`` owned by the cache."""
-        y = x.detach().to(dtype=self.dtype or x.dtype, copy=True)
-        self._grow(y.numel() * y.element_size())
-        return y
+        return self.keep_all((x,))[0]
 
     def keep_all(self, values) -> list[torch.Tensor]:
         """Detached copies of ``values``, counted together: over the budget, none is kept."""
         dtype = self.dtype
-        kept = [x.detach().to(dtype=dtype or x.dtype, copy=True) for x in values]
-        n = 0
-        for y in kept:
-            n += y.numel() * y.element_size()
-        self._grow(n)
-        return kept
+        return self._count([x.detach().to(dtype=dtype or x.dtype, copy=True) for x in values])
 
     def adopt(self, values) -> list[torch.Tensor]:
         """``values`` handed over to the cache as they are (the caller writes them no more), their
         bytes counted together (over the budget, none is kept); cast copies when a storage dtype is set."""
         dtype = self.dtype
-        kept = [x.detach() if dtype in (None, x.dtype) else x.detach().to(dtype) for x in values]
+        return self._count([x.detach() if dtype in (None, x.dtype) else x.detach().to(dtype) for x in values])
+
+    def _count(self, kept: list[torch.Tensor]) -> list[torch.Tensor]:
         n = 0
         for y in kept:
             n += y.numel() * y.element_size()

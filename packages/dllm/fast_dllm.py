@@ -198,11 +198,7 @@ class FastDllmCacheState:
         n = xs.shape[0] * xs.shape[1]
         self.computed += n
         # the span's projections and FFN; its queries attend over every key (stored and fresh: the row's length)
-        self.flops.q(n)
-        self.flops.k(n)
-        self.flops.v(n)
-        self.flops.attention(n, k_all.shape[2])
-        self.flops.out_ffn(n)
+        self.flops.span(n, k_all.shape[2])
         out = x.clone()  # the model's buffer is not ours to overwrite
         out[:, span] = xs
         return out

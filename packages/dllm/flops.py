@@ -77,11 +77,15 @@ class FlopTally:
     def head(self, tokens: int) -> None:
         self.total += linear_flops(tokens, self.shapes.d_model, self.shapes.vocab)
 
-    def full_layer(self, rows: int, length: int) -> None:
-        """One layer computed for every token of ``rows`` rows of ``length`` tokens, as ``LLaDABlock.forward``."""
-        tokens = rows * length
+    def span(self, tokens: int, keys: int) -> None:
+        """One layer computed for ``tokens`` tokens (summed over rows), their queries attending over ``keys``
+        keys per row: projections, attention, ``attn_out`` and FFN."""
         self.q(tokens)
         self.k(tokens)
         self.v(tokens)
-        self.attention(tokens, length)
+        self.attention(tokens, keys)
         self.out_ffn(tokens)
+
+    def full_layer(self, rows: int, length: int) -> None:
+        """One layer computed for every token of ``rows`` rows of ``length`` tokens, as ``LLaDABlock.forward``."""
+        self.span(rows * length, length)
