@@ -41,15 +41,18 @@ class Accounts:
 
     # -- decisions -------------------------------------------------------------------------------
     def record(
-        self, site: Site, ctx: CallContext, r: int, action: str, metric: float | None = None, note: str | None = None
+        self, site: Site | str, ctx: CallContext, r: int, action: str, metric: float | None = None, note: str | None = None
     ) -> None:
-        """Record row ``r``'s decision at ``site`` (see :class:`forecache.core.telemetry.Decision`)."""
-        row = r if ctx.rows is None else ctx.rows[r]
-        self.trace.append(Decision(ctx.generation, ctx.step, ctx.branch, row, site.name, ctx.t, action, metric, note, ctx.segment))
+        """Record row ``r``'s decision at ``site`` (a site, or the name of a part of one that decides
+        on its own: a dLLM cache's prompt and answer); see :class:`forecache.core.telemetry.Decision`.
+        ``r = -1``: a decision for the whole call, every row alike."""
+        row = r if ctx.rows is None or r < 0 else ctx.rows[r]
+        name = site if isinstance(site, str) else site.name
+        self.trace.append(Decision(ctx.generation, ctx.step, ctx.branch, row, name, ctx.t, action, metric, note, ctx.segment))
         if action == "guarded":
-            log.info("forecache: %s vetoed the forecast at step %d row %d (%s); computed", site.name, ctx.step, row, note)
+            log.info("forecache: %s vetoed the forecast at step %d row %d (%s); computed", name, ctx.step, row, note)
         elif action == "nonfinite":
-            log.warning("forecache: non-finite forecast at %s step %d row %d; recomputed", site.name, ctx.step, row)
+            log.warning("forecache: non-finite forecast at %s step %d row %d; recomputed", name, ctx.step, row)
 
     # -- FLOPs -----------------------------------------------------------------------------------
     def run(self, key: Hashable, rows: int, fn: Callable[[], Any]) -> Any:
@@ -84,7 +87,7 @@ class Accounts:
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.storage.peak_bytes)
 
     # -- health ----------------------------------------------------------------------------------
-    def check_finite(self, site: Site, ctx: CallContext, rows: list[int], parts: tuple[torch.Tensor, ...]) -> None:
+    def check_finite(self, site: Site | str, ctx: CallContext, rows: list[int], parts: tuple[torch.Tensor, ...]) -> None:
         """Queue the forecasts of ``rows`` (``parts``: each part stacked over those rows, in order)
         for the NaN/Inf check at the end of the model call: a device flag, read once per call, so a
         GPU synchronises once per call, not at every site. A bad row is computed again."""

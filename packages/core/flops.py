@@ -45,5 +45,10 @@ class FlopMeter:
         self.counts[key] = mode.get_total_flops() / rows
         return out
 
+    def declare(self, key: Hashable, per_row: float) -> None:
+        """``key``'s per-row FLOPs, known analytically: it is never counted by FlopCounterMode."""
+        if self.enabled:
+            self.counts[key] = float(per_row)
+
     def per_row(self, key: Hashable) -> float | None:
         return self.counts.get(key)

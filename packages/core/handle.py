@@ -135,6 +135,10 @@ class CacheHandle:
         if batch <= 0:
             raise ValueError(f"{type(model).__name__} was called on an empty batch; pass at least one row")
         key = model_key(args, kwargs)
+        if key not in runtime.meter.counts and runtime.meter.enabled:
+            analytic = adapter.flops(model, args, kwargs)
+            if analytic is not None:
+                runtime.meter.declare(key, analytic)
         if self._must_compute or adapter.must_compute(model, args, kwargs):
             runtime.enter(None, passthrough=True)
             try:
@@ -206,8 +210,11 @@ class CacheHandle:
 
     # -- telemetry -------------------------------------------------------------------------------
     def stats(self) -> Stats:
-        """Compute ratio (FLOPs executed over uncached FLOPs), per-site hit rate, peak cache bytes."""
-        return self.runtime.summary()
+        """Compute ratio (FLOPs executed over uncached FLOPs), per-site hit rate, peak cache bytes;
+        ``details``: the telemetry sites report of their own (:meth:`Site.telemetry`), by site."""
+        stats = self.runtime.summary()
+        stats.details = {s.name: t for s in self.sites if (t := s.telemetry()) is not None}
+        return stats
 
     def trace(self) -> Trace:
         """Every decision (generation, segment, step, branch, row, site, t, action, metric);

@@ -74,6 +74,9 @@ class Stats:
     rejected_forecasts: int = 0
     guarded_forecasts: int = 0
     sites: dict = field(default_factory=lambda: defaultdict(lambda: {"rows": 0, "cached": 0}))
+    #: what sites report of their own, by site name (a dLLM cache's refresh steps and V-verify work);
+    #: not part of ``as_dict`` (the benchmark JSON), which holds what every method shares
+    details: dict = field(default_factory=dict)
 
     @property
     def compute_ratio(self) -> float:

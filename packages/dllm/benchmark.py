@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from forecache.core.bench.protocol import Method
 
-from .cache_protocol import CachePolicy
 from .combined import fast_dllm_cache
 from .dllm_cache import DllmCache
 from .fast_dllm import FastDllmCache
@@ -76,7 +75,7 @@ class Decoding:
     """
 
     def __init__(self) -> None:
-        self.cache: CachePolicy | None = None
+        self.cache: Any | None = None
         self.options: dict[str, Any] = {}
         self.calls: list[tuple[int, dict]] = []
 
@@ -84,7 +83,7 @@ class Decoding:
     def active(self) -> bool:
         return self.cache is not None or bool(self.options)
 
-    def use(self, cache: CachePolicy | None = None, **options: Any) -> Enabled:
+    def use(self, cache: Any | None = None, **options: Any) -> Enabled:
         """Decode with ``cache`` and ``options`` until the returned undo is called."""
         if self.active:
             raise ValueError("a dLLM method is already enabled on this benchmark; call the undo its enable returned")
@@ -130,7 +129,7 @@ class Enabled:
         return out
 
 
-def decoding_method(name: str, params: dict, make: Callable[[], CachePolicy] | None = None, note: str = "",
+def decoding_method(name: str, params: dict, make: Callable[[], Any] | None = None, note: str = "",
                     **options: Any) -> Method:
     """A benchmark row decoding with the policy ``make()`` builds and the extra ``generate()`` ``options``."""
 

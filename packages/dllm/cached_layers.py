@@ -25,6 +25,7 @@ decisions its subclass records (a core ``Trace``, see :mod:`forecache.dllm.call_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -105,6 +106,8 @@ class CachedLayers:
         self.ids: Tensor | None = None
         self.prefix: PrefixReuse | None = None
         self.decisions = Trace()  # the subclass's refresh decisions, one per part and model call
+        #: averages a measured signal across ranks (the runtime's reducer under torch.distributed), or None
+        self.reduce: Callable[[float], float] | None = None
         self._rows: int | None = None
         # token-layer counters: seen (what the uncached model computes), computed (attention query + FFN)
         self.layer_calls = self.token_layers = self.computed = 0
@@ -144,6 +147,21 @@ class CachedLayers:
         self._release(i)
         kept = iter(self.storage.adopt([t for t in _tensors(features) if t is not None]))
         self.store[i] = LayerFeatures(*(None if t is None else next(kept) for t in _tensors(features)))
+
+    def close(self) -> None:
+        """Drop every stored feature (the generation is over): their bytes go back to the storage."""
+        for i in range(len(self.store)):
+            self._release(i)
+
+    def stats(self) -> dict[str, Any]:
+        """The subclass's telemetry (:meth:`_stats`), with ``"prefix"`` (the prefix hook's) when one is attached."""
+        out = self._stats()
+        if self.prefix is not None:
+            out["prefix"] = self.prefix.stats()
+        return out
+
+    def _stats(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _release(self, i: int) -> None:
         """Drop layer ``i``'s stored features and give their bytes back to the storage."""

@@ -53,12 +53,14 @@ from torch import Tensor, nn
 
 from forecache.core.presets.registry import preset
 from forecache.core.storage import Storage
-from forecache.core.triggers import Interval
+from forecache.core.policy import Policy
+from forecache.core.triggers import Interval, Trigger
 from forecache.core.validation import check_choice, check_fraction, check_int
 
 from .cached_layers import CachedLayers, check_model, columns
 from .call_trigger import CallTrigger, per_call, steps_where
-from .model import LayerRunner, LLaDABlock
+from .model import LLaDABlock
+from .site import LayerRunner, llada_policy
 from .v_verify import valid_candidates, verify
 
 __all__ = ["SPANS", "CombinedCache", "CombinedCacheState", "fast_dllm_cache"]
@@ -96,6 +98,11 @@ class CombinedCache:
                 "span); set refresh_interval > 1 for V-verify between span refreshes, or rho=0"
             )
 
+    def trigger(self) -> Trigger:
+        """The core trigger of the span's refresh: an ``Interval`` of K_r over the block's calls (the prompt's is an
+        ``Interval`` of K_p)."""
+        return Interval(self.refresh_interval)
+
     def start(
         self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
         storage: Storage | None = None,
@@ -110,7 +117,7 @@ class CombinedCache:
 @preset(domain="dllm")
 def fast_dllm_cache(
     prompt_interval: int = 20, span: str = "block", refresh_interval: int = 1, rho: float = 0.0
-) -> CombinedCache:
+) -> Policy:
     """Fast-dLLM + dLLM-Cache: Fast-dLLM's dual cache (Wu et al., arXiv 2505.22618) that recomputes the prompt
     only every ``prompt_interval`` calls, as dLLM-Cache (Liu et al., arXiv 2506.06295) does, instead of at every
     block start.
@@ -118,9 +125,10 @@ def fast_dllm_cache(
     Defaults: K_p = 20, the current block recomputed at every call (DualCache), no V-verify; the reasons are in
     :mod:`forecache.dllm.combined`. ``fast_dllm_cache(1, "answer")`` is bit-identical to no cache. Meant for
     Fast-dLLM's threshold decoding (``generate(..., threshold=0.9, block_length=32, cache=fast_dllm_cache())``);
-    works on any schedule.
+    works on any schedule. Returns the core policy; its method is ``policy.where.method``.
     """
-    return CombinedCache(prompt_interval=prompt_interval, span=span, refresh_interval=refresh_interval, rho=rho)
+    method = CombinedCache(prompt_interval=prompt_interval, span=span, refresh_interval=refresh_interval, rho=rho)
+    return llada_policy(method, "fast_dllm_cache", "arXiv 2505.22618 + arXiv 2506.06295")
 
 
 class _Plan(NamedTuple):
@@ -153,7 +161,7 @@ class CombinedCacheState(CachedLayers):
         self.policy = policy
         self._block: int | None = None
         self._prompt = CallTrigger("prompt", Interval(policy.prompt_interval), self.decisions)
-        self._span = CallTrigger("span", Interval(policy.refresh_interval), self.decisions)
+        self._span = CallTrigger("span", policy.trigger(), self.decisions)
 
     SITES = ("prompt", "span")  # the parts decided at every model call, in the order they are traced
 
@@ -237,7 +245,7 @@ class CombinedCacheState(CachedLayers):
         return self.recompute(i, layer, x, cos, sin, key_mask, torch.cat(pos, dim=1), h=torch.cat(hs, dim=1),
                               v=torch.cat(vs, dim=2), fresh=fresh)
 
-    def stats(self) -> dict[str, Any]:
+    def _stats(self) -> dict[str, Any]:
         """Telemetry: ``compute_fraction`` = token-layers computed (query, key/value, attention, FFN) / what the
         uncached model computes; ``flops``/``flops_full``/``flops_fraction`` (matmul FLOPs as computed, V-verify's
         values included, :mod:`forecache.dllm.flops`); the calls that started a block, refreshed the prompt,

@@ -56,12 +56,15 @@ from typing import Any
 
 from torch import nn
 
+from forecache.core.policy import Policy
 from forecache.core.presets.registry import preset
+from forecache.core.triggers import Interval, MeasuredChange, Trigger
 from forecache.core.storage import Storage
 from forecache.core.validation import check_bool, check_choice, check_fraction, check_int
 
 from .cached_layers import check_model
 from .dllm_cache_state import DllmCacheState
+from .site import llada_policy
 from .v_verify import least_similar
 
 __all__ = ["LLADA_8B_INSTRUCT_SETTINGS", "DllmCache", "DllmCacheState", "dllm_cache", "least_similar"]
@@ -147,6 +150,13 @@ class DllmCache:
         # 0/1 would pass a truth test silently
         check_bool(who, "drift_accumulate", self.drift_accumulate, "True sums the drift since the last refresh")
 
+    def trigger(self) -> Trigger:
+        """The core trigger of the answer's refresh: an ``Interval`` of K_r, or under ``response_refresh="drift"``
+        a ``MeasuredChange`` of the drift (the prompt's is an ``Interval`` of K_p)."""
+        if self.response_refresh == "interval":
+            return Interval(self.response_interval)
+        return MeasuredChange(self.drift_threshold, self.drift_accumulate)
+
     def start(
         self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
         storage: Storage | None = None,
@@ -169,7 +179,7 @@ class DllmCache:
 @preset(domain="dllm")
 def dllm_cache(
     prompt_interval: int = 50, response_interval: int = 7, rho: float = 0.25, **options: Any
-) -> DllmCache:
+) -> Policy:
     """dLLM-Cache (Liu et al., "dLLM-Cache: Accelerating Diffusion Large Language Models with Adaptive
     Caching", arXiv 2506.06295): long-interval prompt caching plus V-verify partial answer updates.
 
@@ -177,6 +187,8 @@ def dllm_cache(
     (``LLADA_8B_INSTRUCT_SETTINGS`` has the other tasks'). ``dllm_cache(1, 1, 0)`` is bit-identical to no cache.
     ``options`` are :class:`DllmCache`'s other fields (all off by default). Deviations from the reference code
     (padding masked, V-verify against the last recomputation, per-request state) are listed in
-    :mod:`forecache.dllm.dllm_cache`.
+    :mod:`forecache.dllm.dllm_cache`. Returns the core policy (``generate(cache=...)``, or
+    :func:`~forecache.dllm.adapter.cache_llada` for a handle); its method is ``policy.where.method``.
     """
-    return DllmCache(prompt_interval=prompt_interval, response_interval=response_interval, rho=rho, **options)
+    method = DllmCache(prompt_interval=prompt_interval, response_interval=response_interval, rho=rho, **options)
+    return llada_policy(method, "dllm_cache", "arXiv 2506.06295")

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from forecache.core.storage import Storage
-from forecache.core.triggers import Interval, MeasuredChange
+from forecache.core.triggers import Interval
 
 from .cached_layers import CachedLayers, columns
 from .call_trigger import CallTrigger, per_call, steps_where
 from .drift import row_drift, step_drift
-from .model import LayerRunner, LLaDABlock
+from .model import LLaDABlock
+from .site import LayerRunner
 from .v_verify import valid_candidates, verify
 
 if TYPE_CHECKING:
@@ -55,9 +56,7 @@ class DllmCacheState(CachedLayers):
                          reuse_unchanged_qkv=policy.reuse_unchanged_qkv, storage=storage)
         self.policy = policy
         self._prompt = CallTrigger("prompt", Interval(policy.prompt_interval), self.decisions)
-        response = (Interval(policy.response_interval) if policy.response_refresh == "interval"
-                    else MeasuredChange(policy.drift_threshold, policy.drift_accumulate))
-        self._response = CallTrigger("response", response, self.decisions)
+        self._response = CallTrigger("response", policy.trigger(), self.decisions)
         self._k = math.floor(policy.rho * gen_length + 1e-9)  # answer tokens V-verify picks per row
         self.drift: list[tuple[int, float, float]] = []  # (step, drift, accumulated) of every call measuring it
         self._open: dict[str, Any] | None = None  # the last call's per-step record, closed at the next call
@@ -117,6 +116,8 @@ class DllmCacheState(CachedLayers):
         will compare (its metric: ``MeasuredChange``'s running sum), and hand it to the next call's decision."""
         if self._open is not None and self._open["drift"]:
             step, value = self._open["step"], step_drift(self._open["drift"])
+            if self.reduce is not None:  # every rank decides on the same drift
+                value = self.reduce(value)
             self.drift.append((step, value, self._response.peek(step, value)))
             self._change = value
         self._open = None
@@ -169,7 +170,7 @@ class DllmCacheState(CachedLayers):
         return self.recompute(i, layer, x, cos, sin, key_mask, torch.cat(pos, dim=1), h=h, v=torch.cat(vs, dim=2),
                               fresh=fresh, changed=changed)
 
-    def stats(self) -> dict[str, Any]:
+    def _stats(self) -> dict[str, Any]:
         """Telemetry: ``compute_fraction`` = token-layer attention (query) and FFN computations done / full (the
         method recomputes both for the same tokens); ``compute_ratio`` = matmul FLOPs done / the uncached
         model's (:mod:`forecache.dllm.flops`: projections as computed, V-verify's values, attention of the

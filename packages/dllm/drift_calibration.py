@@ -17,9 +17,10 @@ The answer is the probe closest to the target within the tolerance (the smaller 
 least aggressive probe that reaches the target; else (``met=False``) the cheapest probe.
 
 Why not :func:`forecache.core.calibration.search_knob` itself: it searches the knob a registered preset declares
-(``@preset(knob=...)``) and runs the preset's core ``Policy`` through core's ``apply()`` handles and their
-``stats()``; dLLM-Cache is a sampler ``CachePolicy`` that core's ``apply()`` does not run, and its compute
-fraction comes from the cache state's own ``stats()``. Only the running of a probe differs: the search is shared.
+(``@preset(knob=...)``) for a target of output fidelity; here the target is a compute fraction, read from the
+cache's telemetry (``generate(..., return_stats=True)["cache"]``), and the bracket stops early on what the
+measured drifts prove (no other threshold can change the run). Only the running of a probe differs: the search
+is shared.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from forecache.core.calibration import bracket_and_bisect
+from forecache.core.policy import Policy
 
 from .dllm_cache import DllmCache
 from .sampler import generate
+from .site import LLaDALayers
 
 log = logging.getLogger("forecache")
 
@@ -131,6 +134,8 @@ def calibrate_drift(
             f"batches; raise it to at least {2 * len(runs)}"
         )
     base = policy if policy is not None else DllmCache()
+    if isinstance(base, Policy) and isinstance(base.where, LLaDALayers):
+        base = base.where.method  # a preset's policy: calibrate its method
     if "cache" in generate_kwargs or "return_stats" in generate_kwargs:
         raise ValueError("calibrate_drift sets generate()'s cache and return_stats itself; leave them out")
     target = float(target_compute_fraction)

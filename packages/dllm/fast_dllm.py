@@ -38,6 +38,7 @@ Deviations from the reference code (NVlabs/Fast-dLLM ``llada/generate.py``), on 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -46,20 +47,24 @@ from torch import Tensor, nn
 
 from forecache.core.presets.registry import preset
 from forecache.core.storage import Storage
-from forecache.core.telemetry import Decision, Trace
+from forecache.core.policy import Policy
+from forecache.core.telemetry import Trace
+from forecache.core.triggers import SegmentStart, Trigger
 from forecache.core.tokens import attend_stored
 from forecache.core.validation import check, check_bool, check_choice, check_int
 
 from .cached_layers import cache_storage
+from .call_trigger import CallTrigger
 from .flops import FlopTally, LayerShapes
-from .model import LayerRunner, LLaDABlock
+from .model import LLaDABlock
+from .site import LayerRunner, llada_policy
 
 CacheKind = Literal["dual", "prefix"]
 
 
 @dataclass(frozen=True)
 class FastDllmCache:
-    """Fast-dLLM's block-wise KV cache (arXiv 2505.22618) as a ``CachePolicy``; ``start()`` opens one generation.
+    """Fast-dLLM's block-wise KV cache (arXiv 2505.22618) as a dLLM cache method; ``start()`` opens one generation.
 
     Attributes:
         dual: True (default, the paper's fastest setting) = DualCache, reuse prefix and suffix K/V and compute
@@ -70,6 +75,10 @@ class FastDllmCache:
 
     def __post_init__(self) -> None:
         check_bool("FastDllmCache", "dual", self.dual, "True = DualCache, False = prefix cache")
+
+    def trigger(self) -> Trigger:
+        """The core trigger of the K/V refresh: at the first call of every block (:class:`SegmentStart`)."""
+        return SegmentStart()
 
     def start(
         self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
@@ -118,6 +127,9 @@ class FastDllmCacheState:
         self.token_layers = self.computed = 0  # token-layer computations a full model does / this cache did
         self.storage = cache_storage("FastDllmCacheState", storage)
         self.decisions = Trace()
+        self._kv = CallTrigger("kv", policy.trigger(), self.decisions)
+        self._in_block = 0  # calls of the current block before this one (the trigger's step)
+        self.reduce: Callable[[float], float] | None = None  # measures nothing to average across ranks
         self.flops, self.flops_full = FlopTally(shapes), FlopTally(shapes)
 
     @property
@@ -137,17 +149,14 @@ class FastDllmCacheState:
             )
         if not 0 <= block < self.gen_length // self.block_length:
             raise ValueError(f"FastDllmCache: block={block} is outside [0, {self.gen_length // self.block_length})")
-        refresh = block != self._block or rows != self._rows or self.k[-1] is None
+        self._in_block = 0 if block != self._block else self._in_block + 1
+        empty = rows != self._rows or self.k[-1] is None  # nothing stored for these rows: compute whatever
+        refresh, metric = self._kv.decide(self._in_block, must=empty)  # SegmentStart: a block's first call
         if refresh:
             self._block, self._rows = block, rows
             self._release()  # drop the old block's K/V first
-        # the refresh is the block's start (a segment boundary), not a trigger's: traced as "warmup", row -1 = the
-        # whole call (conventions of forecache.dllm.call_trigger)
-        self.decisions.append(Decision(
-            generation=0, step=step, branch=0, row=-1, site="kv", t=float(step),
-            action="warmup" if refresh else "cached", segment=block,
-            note="block start (or new batch size): every token computed, K/V stored" if refresh else None,
-        ))
+        self._kv.record(step, "warmup" if empty else "compute" if refresh else "cached", metric, block,
+                        "no stored K/V (first call or new batch size)" if empty else None)
         # the head runs on the current block only (the sampler's logits_at), with or without a cache
         self.flops.head(rows * self.block_length)
         self.flops_full.head(rows * self.block_length)
@@ -203,6 +212,10 @@ class FastDllmCacheState:
         out[:, span] = xs
         return out
 
+    def close(self) -> None:
+        """Drop the stored K/V (the generation is over): their bytes go back to the storage."""
+        self._release()
+
     def _release(self) -> None:
         """Drop every layer's stored K/V and give their bytes back to the storage."""
         for t in (*self.k, *self.v):
@@ -241,7 +254,7 @@ class FastDllmCacheState:
             "flops": self.flops.total,
             "flops_full": self.flops_full.total,
             "compute_ratio": self.flops.total / max(self.flops_full.total, 1),
-            "refresh_steps": [d.step for d in self.decisions if d.action == "warmup"],
+            "refresh_steps": [d.step for d in self.decisions if d.action != "cached"],
             "cache_bytes_peak": self.cache_bytes_peak,
             "peak_cache_bytes": self.cache_bytes_peak,
         }
@@ -277,9 +290,12 @@ class FastDllm:
         check_choice(who, "cache", self.cache, ("dual", "prefix", None), "use 'dual', 'prefix' or None")
         check_int(who, "block_length", self.block_length, 1, "32 in the paper")
 
-    def policy(self) -> FastDllmCache | None:
-        """The ``CachePolicy`` for ``generate(cache=...)``, or None without a KV cache."""
-        return None if self.cache is None else FastDllmCache(dual=self.cache == "dual")
+    def policy(self) -> Policy | None:
+        """The core policy of the KV cache for ``generate(cache=...)``, or None without one."""
+        if self.cache is None:
+            return None
+        return llada_policy(FastDllmCache(dual=self.cache == "dual"), f"fast_dllm_{self.cache}_cache",
+                            "arXiv 2505.22618")
 
     def generate_kwargs(self) -> dict[str, Any]:
         """``threshold``, ``factor``, ``cache`` and ``block_length`` for :func:`~forecache.dllm.sampler.generate`."""

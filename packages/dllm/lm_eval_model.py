@@ -27,8 +27,8 @@ Model args (``--model_args key=value,...``; defaults in brackets)
 ------------------------------------------------------------------
 ``pretrained`` (required): a local folder in the official LLaDA layout (see :mod:`.checkpoint`), with the
 tokenizer files unless ``tokenizer=DIR`` names another folder. ``cache`` [none]: a name in
-:data:`.cache_presets.CACHE_PRESETS` (``dllm_cache``, ``fast_dllm_cache``); any other model arg is handed to
-that preset as a knob, e.g. ``prompt_interval=50,response_interval=7,rho=0.25`` for ``dllm_cache``.
+the dllm presets that build a cache policy (``dllm_cache``, ``fast_dllm_cache``: ``forecache presets --domain
+dllm``); any other model arg is handed to that preset as a knob, e.g. ``prompt_interval=50,response_interval=7,rho=0.25`` for ``dllm_cache``.
 ``steps`` [gen_length], ``gen_length`` [each request's ``max_gen_toks``, else 256], ``block_length``
 [gen_length: one block], ``temperature`` [0], ``cfg_scale`` [0], ``remasking`` [low_confidence]: the
 sampler's (:func:`.sampler.generate`). ``batch_size`` [1]: prompts per ``generate`` call, and Monte-Carlo samples per
@@ -76,18 +76,36 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from .cache_presets import CACHE_PRESETS, resolve_cache
+from forecache.core.policy import Policy
+from forecache.core.presets.registry import UnknownKnobError, build, preset_infos
+
 from .checkpoint import load_llada, load_tokenizer
 from .likelihood import masked_counts, mc_loglikelihood
 from .sampler import REMASKING, generate, pad_prompts
 
-__all__ = ["CACHE_PRESETS", "LLaDAEvalLM", "main", "masked_counts", "mc_loglikelihood", "resolve_cache"]
+__all__ = ["LLaDAEvalLM", "main", "masked_counts", "mc_loglikelihood", "resolve_cache"]
 
 logger = logging.getLogger(__name__)
 
 END_TOKENS = ("<|endoftext|>", "<|eot_id|>")  # LLaDA-8B's EOS and the Instruct model's end of turn
 DIFFUSION_GEN_KWARGS = ("steps", "gen_length", "block_length", "cfg_scale", "remasking")
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default answer budget (HFLM's max_gen_toks)
+
+
+def resolve_cache(name: str | None, **knobs: Any) -> Policy | None:
+    """The cache policy of the dllm preset ``name`` built with ``knobs``; ``None`` (or ``"none"``): uncached."""
+    if name is None or str(name) == "none":
+        if knobs:
+            raise ValueError(f"unknown model_args {sorted(knobs)}: not a forecache-llada argument (cache=none)")
+        return None
+    caches = sorted(n for n, info in preset_infos("dllm").items() if info.core_policy)
+    if str(name) not in caches:
+        raise ValueError(f"unknown cache={name!r}; use one of {caches} (cache=none runs uncached)")
+    try:
+        return build(str(name), "dllm", **knobs)
+    except UnknownKnobError as error:
+        raise ValueError(f"unknown model_args {error.knobs}: neither a forecache-llada argument nor a knob of "
+                         f"cache={name}; check the spelling") from error
 
 
 class _GenSettings(NamedTuple):
@@ -151,8 +169,9 @@ class LLaDAEvalLM(LM):
         super().__init__()
         self.cache_name = "none" if cache is None else str(cache)
         self.cache = resolve_cache(cache, **cache_knobs)  # before loading: a typo fails fast
-        # every parameter of the policy (defaults included) when it is a dataclass, as DllmCache is
-        self.cache_params = dataclasses.asdict(self.cache) if dataclasses.is_dataclass(self.cache) else cache_knobs
+        # every parameter of the method (defaults included) when it is a dataclass, as DllmCache is
+        method = None if self.cache is None else self.cache.where.method
+        self.cache_params = dataclasses.asdict(method) if dataclasses.is_dataclass(method) else cache_knobs
         if pretrained is None:
             raise ValueError("forecache-llada needs model_args pretrained=PATH, a local LLaDA checkpoint folder")
         self.pretrained = Path(str(pretrained)).expanduser()

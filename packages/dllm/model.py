@@ -5,7 +5,8 @@ step is one full forward pass. This module reproduces the computation of LLaDA's
 (pre-norm RMSNorm, RoPE with the rotate-half convention, SDPA attention without a causal mask, SwiGLU MLP)
 with parameter names that match the official checkpoint, and exposes the pieces of a block
 (``project_qk``, ``project_v``, ``attend`` (the attention, then ``project_out``), ``ffn``) so that a cache such
-as dLLM-Cache (arXiv:2506.06295) can recompute only some tokens of some layers.
+as dLLM-Cache (arXiv:2506.06295) can recompute only some tokens of some layers. The model knows nothing of
+caching: a cache wraps its blocks through core's runtime (:mod:`forecache.dllm.site`).
 
 One deliberate difference from LLaDA's code: positions are counted per row from ``attention_mask``, so a
 left-padded row gets exactly the positions (and so the logits) it gets alone. LLaDA's code uses
@@ -14,17 +15,11 @@ left-padded row gets exactly the positions (and so the logits) it gets alone. LL
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import LLaDAConfig
-
-LayerRunner = Callable[[int, "LLaDABlock", Tensor, Tensor, Tensor, Tensor], Tensor]
-"""``runner(layer_index, block, x, cos, sin, key_mask) -> x``: runs one layer in place of ``block(...)``."""
-
 
 class RMSNorm(nn.Module):
     """LLaDA's RMSNorm: normalise in float32, cast back to the input dtype, then scale (and shift)."""
@@ -173,14 +168,13 @@ class LLaDAModel(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         *,
-        runner: LayerRunner | None = None,
         logits_at: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, L, V) for ``input_ids`` (B, L); (B, n, V) at ``logits_at`` (B, n) positions only.
 
         ``attention_mask`` (B, L): 1 for real tokens, 0 for padding; padded keys are masked out and
-        positions count real tokens only. ``runner`` replaces each ``block(x, cos, sin, key_mask)`` call
-        (a cache's hook); ``key_mask`` is bool (B, 1, 1, L), True where a key may be attended to.
+        positions count real tokens only. Each block is called as ``block(x, cos, sin, key_mask)``, ``key_mask``
+        bool (B, 1, 1, L), True where a key may be attended to (a cache wraps the blocks: :mod:`forecache.dllm.site`).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"LLaDAModel: input_ids must be (batch, length), got shape {tuple(input_ids.shape)}.")
@@ -199,8 +193,8 @@ class LLaDAModel(nn.Module):
                 raise ValueError("LLaDAModel: a row of attention_mask is all zeros; every row needs a real token.")
         cos, sin = self.rope(self.positions(input_ids, attention_mask))
         x = self.wte(input_ids)
-        for i, block in enumerate(self.blocks):
-            x = runner(i, block, x, cos, sin, key_mask) if runner is not None else block(x, cos, sin, key_mask)
+        for block in self.blocks:
+            x = block(x, cos, sin, key_mask)
         if logits_at is not None:
             # The head is the widest matmul (D x V); running it only where logits are read is lossless.
             x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))

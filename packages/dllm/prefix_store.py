@@ -46,16 +46,17 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from forecache.core.policy import Policy
 from forecache.core.storage import Storage
-from forecache.core.telemetry import Trace
+from forecache.core.triggers import Trigger
 from forecache.core.validation import check_int
 
-from .cache_protocol import CachePolicy
 from .cached_layers import CachedLayers
 from .feature_store import LayerFeatures
-from .model import LayerRunner, LLaDABlock
+from .model import LLaDABlock
+from .site import LLaDALayers, llada_policy
 
-__all__ = ["PrefixEntry", "PrefixPolicy", "PrefixState", "PrefixStore", "with_prefix"]
+__all__ = ["PrefixEntry", "PrefixPolicy", "PrefixStore", "with_prefix"]
 
 
 @dataclass
@@ -270,29 +271,14 @@ class PrefixReuse:
                 "store": self.store.stats()}
 
 
-class PrefixState:
-    """A wrapped policy's state with prefix reuse attached; ``inner`` is that state, ``stats()`` adds ``"prefix"``."""
-
-    def __init__(self, inner: CachedLayers, hook: PrefixReuse) -> None:
-        self.inner, self.hook = inner, hook
-
-    def runner(self, x: Tensor, step: int, block: int) -> LayerRunner:
-        return self.inner.runner(x, step, block)
-
-    def stats(self) -> dict[str, Any]:
-        return {**self.inner.stats(), "prefix": self.hook.stats()}
-
-    def trace(self) -> Trace:
-        """The wrapped state's refresh decisions (a core ``Trace``)."""
-        return self.inner.trace()
-
-
 class PrefixPolicy:
     """``policy`` with shared-prefix reuse from ``store`` (see :func:`with_prefix`)."""
 
-    def __init__(self, policy: CachePolicy, store: PrefixStore, prefix_length: int) -> None:
+    def __init__(self, policy: Any, store: PrefixStore, prefix_length: int) -> None:
         # every bad argument is a ValueError naming the fix (DESIGN.md), wrong types included
-        if not isinstance(policy, CachePolicy):
+        if isinstance(policy, Policy) and isinstance(policy.where, LLaDALayers):
+            policy = policy.where.method  # a preset's policy: wrap its method
+        if not callable(getattr(policy, "start", None)):
             raise ValueError(  # noqa: TRY004
                 f"with_prefix: {policy!r} is not a cache policy; pass e.g. dllm_cache() or fast_dllm_cache()"
             )
@@ -305,9 +291,9 @@ class PrefixPolicy:
     def start(
         self, model: nn.Module, prompt_length: int, gen_length: int, block_length: int, *,
         storage: Storage | None = None,
-    ) -> PrefixState:
-        """The wrapped policy's state with the prefix hook attached; ``storage`` (a core ``Storage``) is passed to
-        the wrapped policy's ``start`` when given."""
+    ) -> CachedLayers:
+        """The wrapped policy's state with the prefix hook attached (its ``stats()`` then has ``"prefix"``);
+        ``storage`` (a core ``Storage``) is passed to the wrapped policy's ``start`` when given."""
         extra = {} if storage is None else {"storage": storage}
         state = self.policy.start(model, prompt_length, gen_length, block_length, **extra)
         if not isinstance(state, CachedLayers):
@@ -320,18 +306,25 @@ class PrefixPolicy:
         self.store.bind(model)
         hook = PrefixReuse(self.store, self.prefix_length, len(model.blocks))
         state.prefix = hook
-        return PrefixState(state, hook)
+        return state
+
+    def trigger(self) -> Trigger:
+        """The wrapped policy's main refresh trigger."""
+        return self.policy.trigger()
 
     def __repr__(self) -> str:
         return f"with_prefix({self.policy!r}, prefix_length={self.prefix_length})"
 
 
-def with_prefix(policy: CachePolicy, store: PrefixStore, prefix_length: int) -> PrefixPolicy:
+def with_prefix(policy: Any, store: PrefixStore, prefix_length: int) -> Policy:
     """``policy`` whose first call per request fills the rows' stored prefixes from ``store`` instead of computing
     them, and stores the first ``prefix_length`` real tokens of rows with no stored prefix that long.
 
-    ``policy``: a feature cache (``dllm_cache()``, ``fast_dllm_cache()``); ``store``: shared by the requests
-    (one per model); ``prefix_length``: the shared prefix's length in tokens. An approximation under
+    ``policy``: a feature cache (``dllm_cache()``, ``fast_dllm_cache()``, or their methods ``DllmCache(...)``,
+    ``CombinedCache(...)``); ``store``: shared by the requests (one per model); ``prefix_length``: the shared
+    prefix's length in tokens. Returns the core policy (for ``generate(cache=...)``). An approximation under
     bidirectional attention, exact for an identical earlier request: see :mod:`forecache.dllm.prefix_store`.
     """
-    return PrefixPolicy(policy, store, prefix_length)
+    name = policy.name if isinstance(policy, Policy) else type(policy).__name__
+    paper = policy.paper if isinstance(policy, Policy) else ""
+    return llada_policy(PrefixPolicy(policy, store, prefix_length), f"{name}+prefix", paper)

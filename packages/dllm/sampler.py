@@ -14,9 +14,11 @@ row), and a block ends as soon as it has no mask left, so the number of model ca
 ``block_length``) and ``steps`` is ignored, as in the reference code. Rows of a batch step together; a row whose
 block is done commits nothing until the others finish it. The rules live in :mod:`forecache.dllm.decoding`.
 
-A :class:`~forecache.dllm.cache_protocol.CachePolicy` plugs in through ``cache``; see that module for when
-it is called and with what. ``step`` counts model calls globally; under a threshold or factor, block ``b`` owns
-a variable number of them.
+A cache plugs in through ``cache``: a core policy (a dLLM preset), a dLLM cache method, or a handle already on the
+model (:func:`~forecache.dllm.adapter.cache_llada`). The sampler drives the handle's clock, one step per model
+call, ``handle.step(step, segment=block)``: ``step`` counts the generation's calls from 0; under a threshold or
+factor, block ``b`` owns a variable number of them. The layout of the sequence reaches the cache through
+:func:`~forecache.dllm.layout.sequence_layout`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache_protocol import CachePolicy
+from forecache.core.handle import CacheHandle
+from forecache.core.policy import Policy
+
+from .adapter import cache_llada
 from .decoding import Generator, commit, num_transfer_tokens
+from .layout import sequence_layout
+from .site import LLaDASite, llada_policy
 
 __all__ = ["REMASKING", "generate", "num_transfer_tokens", "pad_prompts"]
 
@@ -68,7 +75,7 @@ def generate(
     cfg_scale: float = 0.0,
     remasking: str = "low_confidence",
     mask_id: int | None = None,
-    cache: CachePolicy | None = None,
+    cache: Policy | CacheHandle | Any = None,
     generator: Generator = None,
     progress: bool = False,
     return_stats: bool = False,
@@ -79,7 +86,7 @@ def generate(
 
     Args:
         model: a ``LLaDAModel`` (anything with ``config.mask_token_id``, ``config.max_sequence_length``,
-            ``config.vocab_size``/``embedding_size`` and ``forward(ids, mask, *, runner, logits_at)``).
+            ``config.vocab_size``/``embedding_size`` and ``forward(ids, mask, *, logits_at)``).
         input_ids: LongTensor ``(B, P)``, left-padded prompts (see :func:`pad_prompts`).
         attention_mask: ``(B, P)``, 1 on prompt tokens and 0 on the left pads; ``None`` = no padding.
         steps: model calls in total (default 128), a multiple of ``gen_length // block_length``; ignored (not
@@ -91,7 +98,10 @@ def generate(
             are ``uncond + (cfg_scale + 1) * (cond - uncond)``.
         remasking: ``"low_confidence"`` (default; keep the most probable proposals) or ``"random"``.
         mask_id: the [MASK] id; default ``model.config.mask_token_id`` (126336 for LLaDA-8B).
-        cache: a cache policy, started once per call and asked for a layer runner before every model call.
+        cache: a core policy from a dLLM preset (``dllm_cache()``, ``fast_dllm_cache()``, ``with_prefix(...)``,
+            ``fast_dllm().policy()``) or a dLLM cache method (``DllmCache(...)``): applied to ``model`` for this
+            call and removed after it; or a handle already applied to ``model`` (``cache_llada(model, policy)``),
+            kept, so its stats and trace span the requests it serves. Each call is one generation of it.
         generator: one ``torch.Generator``, or one per row (then each row samples exactly as it would alone, also
             under ``threshold``/``factor``: a row whose block is done draws no noise while the others finish it).
             Noise is drawn on the generator's device (CPU by default) so results do not depend on the model's.
@@ -107,8 +117,9 @@ def generate(
         tuple ``(tokens, {"steps", "blocks", "model_calls", "batch", "cache"})`` (``steps`` = model calls made);
         under ``threshold``/``factor`` also ``"threshold"``, ``"factor"``, ``"calls_per_block"``, ``"row_calls"``
         (per row, the calls in which its block still had a mask) and ``"tokens_per_call"`` (``gen_length`` /
-        model calls). When the cache state keeps a trace of its decisions (``state.trace()``: dLLM-Cache, the
-        Fast-dLLM combination, Fast-dLLM's KV cache), also ``"trace"``, a core ``Trace`` (``.to_json()``).
+        model calls). With a cache, ``"cache"`` is its telemetry of this generation (``handle.stats().details``)
+        and ``"trace"`` the handle's core ``Trace`` of decisions (``.to_json()``; a handle passed in keeps every
+        generation's).
     """
     mask_id = model.config.mask_token_id if mask_id is None else int(mask_id)
     parallel = _validate_parallel(threshold, factor)
@@ -129,8 +140,45 @@ def generate(
         answer_ones = torch.ones(batch, gen_length, dtype=torch.long, device=device)
         model_mask = torch.cat([attention_mask.long(), answer_ones], dim=1)
         model_mask = torch.cat([model_mask, model_mask]) if guided else model_mask
-    state = cache.start(model, prompt_length, gen_length, block_length) if cache is not None else None
-    per_block = steps // num_blocks
+    handle, owned = _handle(model, cache)
+    try:
+        with sequence_layout(prompt_length, gen_length, block_length):
+            return _decode(model, x, model_mask, uncond_prompt, handle, prompt_length, gen_length, block_length,
+                           num_blocks, None if parallel else steps // num_blocks, guided, cfg_scale, mask_id,
+                           temperature, remasking, generator, threshold, factor, progress, return_stats)
+    finally:
+        if owned:
+            handle.remove()
+
+
+def _handle(model: nn.Module, cache: Any) -> tuple[CacheHandle | None, bool]:
+    """The handle that caches this generation, and whether the sampler made it (then it removes it)."""
+    if cache is None:
+        return None, False
+    if isinstance(cache, CacheHandle):
+        if cache.model is not model or cache.removed:
+            raise ValueError("cache= is a handle on another model (or removed); apply it to this model "
+                             "(cache_llada(model, policy)) or pass the policy")
+        return cache, False
+    if not isinstance(cache, Policy):
+        if not callable(getattr(cache, "start", None)):
+            raise ValueError(f"cache={cache!r} is not a dLLM cache; pass a preset's policy (dllm_cache(), "
+                             "fast_dllm_cache()), a method (DllmCache(...)), a handle, or None")
+        cache = llada_policy(cache, type(cache).__name__, "")
+    return cache_llada(model, cache), True
+
+
+def _decode(
+    model: nn.Module, x: torch.Tensor, model_mask: torch.Tensor | None, uncond_prompt: torch.Tensor,
+    handle: CacheHandle | None, prompt_length: int, gen_length: int, block_length: int, num_blocks: int,
+    per_block: int | None, guided: bool, cfg_scale: float, mask_id: int, temperature: float, remasking: str,
+    generator: Generator, threshold: float | None, factor: float | None, progress: bool, return_stats: bool,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+    """The decoding loop of :func:`generate` on validated arguments (``per_block`` None: threshold or factor)."""
+    batch, device, parallel = x.shape[0], x.device, per_block is None
+    steps = 0 if parallel else per_block * num_blocks
+    if handle is not None:
+        handle.reset()  # each request is one generation of the handle
     step = 0
     calls_per_block: list[int] = []
     row_calls = torch.zeros(batch, dtype=torch.long, device=device)
@@ -144,8 +192,9 @@ def generate(
             # confidence rules stop when no row of the batch has a mask left in the block
             while (i < per_block) if schedule is not None else bool((x[:, cols] == mask_id).any()):
                 seen = torch.cat([x, torch.cat([uncond_prompt, x[:, prompt_length:]], dim=1)]) if guided else x
-                runner = state.runner(seen, step, block) if state is not None else None
-                logits = model(seen, model_mask, runner=runner, logits_at=at)
+                if handle is not None:
+                    handle.step(step, segment=block)
+                logits = model(seen, model_mask, logits_at=at)
                 if guided:
                     cond, uncond = logits.chunk(2)
                     logits = uncond + (cfg_scale + 1) * (cond - uncond)
@@ -164,9 +213,9 @@ def generate(
     if parallel:
         stats |= {"threshold": threshold, "factor": factor, "calls_per_block": calls_per_block,
                   "row_calls": row_calls.tolist(), "tokens_per_call": gen_length / max(step, 1)}
-    stats["cache"] = state.stats() if state is not None else None
-    if state is not None and callable(getattr(state, "trace", None)):
-        stats["trace"] = state.trace()  # the cache's refresh decisions, a core Trace (.to_json())
+    stats["cache"] = None if handle is None else handle.stats().details.get(LLaDASite.NAME)
+    if handle is not None:
+        stats["trace"] = handle.trace()  # the cache's refresh decisions, a core Trace (.to_json())
     return x, stats
 
 

@@ -13,7 +13,7 @@ from forecache.core.calibration import SearchConfig, knob_for, knob_names, searc
 from forecache.core.cli import main
 from forecache.core.forecasters import Reuse
 from forecache.core.presets import registry
-from forecache.core.presets.registry import first_sentence, lookup, preset, preset_info, preset_infos, presets
+from forecache.core.presets.registry import build, first_sentence, lookup, preset, preset_info, preset_infos, presets
 from forecache.core.testing.toy import ToyAdapter, ToyTransformer, sample, toy_inputs
 from forecache.core.triggers.interval import Interval
 
@@ -74,17 +74,19 @@ def test_the_registry_holds_every_domain_with_its_knob_and_policy_kind():
     }
     assert infos["pab"].knob is None and infos["fastercache"].knob is None
     assert all(infos[n].core_policy and infos[n].returns is Policy for n in (*fc.PRESETS, *SCIENCE))
-    assert infos["dllm_cache"].returns is dllm.DllmCache and not infos["dllm_cache"].core_policy
-    assert infos["fast_dllm"].returns is dllm.FastDllm
+    assert infos["dllm_cache"].core_policy and infos["fast_dllm_cache"].core_policy  # dllm's caches run on core
+    assert infos["fast_dllm"].returns is dllm.FastDllm  # sampler settings with a cache policy inside
 
 
-def test_dllm_cache_names_are_the_registered_dllm_presets_that_build_a_cache():
-    from forecache.dllm.cache_presets import CACHE_PRESETS
-    from forecache.dllm.combined import fast_dllm_cache
-    from forecache.dllm.dllm_cache import dllm_cache
-
-    # fast_dllm is a registered dllm preset too, but it builds sampler settings, not a CachePolicy
-    assert CACHE_PRESETS == {"none": None, "dllm_cache": dllm_cache, "fast_dllm_cache": fast_dllm_cache}
+def test_build_makes_a_preset_from_its_name_and_knobs():
+    policy = build("fora", interval=4)
+    assert isinstance(policy, Policy) and policy.describe() == fc.fora(interval=4).describe()
+    with pytest.raises(ValueError, match=r"unknown knobs \['intervall'\] for preset 'fora'"):
+        build("fora", intervall=4)
+    with pytest.raises(ValueError, match="is a core preset, not a dllm one"):
+        build("fora", "dllm")
+    with pytest.raises(ValueError, match="unknown preset 'forra'"):
+        build("forra")
 
 
 def test_a_decorated_function_is_registered_and_listed_by_the_cli(scratch, capsys):

@@ -86,7 +86,8 @@ def test_rows_are_the_briefed_grids_and_undo_leaves_no_policy_behind():
             if method.name == "parallel_decoding":
                 assert policy is None
             elif method.name == "fast_dllm_cache":
-                assert isinstance(policy, CombinedCache) and policy.prompt_interval == method.params["K_p"]
+                method_ = policy.where.method  # the preset's core policy
+                assert isinstance(method_, CombinedCache) and method_.prompt_interval == method.params["K_p"]
             else:
                 assert isinstance(policy, FastDllmCache) and policy.dual == ("prefix" not in method.name)
         with pytest.raises(ValueError, match="already enabled"):

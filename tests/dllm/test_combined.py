@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from forecache.core.flops import flop_counter
-from forecache.dllm.cache_presets import CACHE_PRESETS, resolve_cache
+from forecache.core.presets.registry import build
 from forecache.dllm.combined import CombinedCache, fast_dllm_cache
 from forecache.dllm.dllm_cache import DllmCache
 from forecache.dllm.fast_dllm import FastDllmCache
@@ -13,7 +13,7 @@ from forecache.dllm.model import LLaDAModel
 from forecache.dllm.sampler import generate, pad_prompts
 from torch import nn
 
-from .tiny import tiny_llada
+from .tiny import run_layers, tiny_llada
 
 VOCAB, MASK = 40, 39
 PROMPTS = [[3, 4, 5, 6, 7, 8], [9, 10], [11, 12, 13]]
@@ -94,8 +94,11 @@ class PoisonPrompt:
     def __init__(self, inner: CombinedCache, prompt_length: int) -> None:
         self.inner, self.prompt_length, self.recomputed = inner, prompt_length, []
 
-    def start(self, model, prompt_length, gen_length, block_length):
-        state, outer = self.inner.start(model, prompt_length, gen_length, block_length), self
+    def trigger(self):
+        return self.inner.trigger()
+
+    def start(self, model, prompt_length, gen_length, block_length, *, storage=None):
+        state, outer = self.inner.start(model, prompt_length, gen_length, block_length, storage=storage), self
 
         class State:
             def check(self):
@@ -114,6 +117,9 @@ class PoisonPrompt:
             def stats(self):
                 self.check()
                 return state.stats()
+
+            def __getattr__(self, name):  # the rest of the state as it is
+                return getattr(state, name)
 
         return State()
 
@@ -167,7 +173,7 @@ def test_states_are_per_request(model):
     at = torch.arange(P, P + 4).expand(1, -1)
 
     def call(state, tokens, step):
-        return model(tokens, runner=state.runner(tokens, step, 0), logits_at=at)
+        return run_layers(model, state.runner(tokens, step, 0), tokens, logits_at=at)
 
     solo = policy.start(model, P, 12, 4)
     alone = [call(solo, x, step) for step in range(3)]
@@ -179,10 +185,11 @@ def test_states_are_per_request(model):
 
 
 def test_preset_defaults_citations_and_registry():
-    assert fast_dllm_cache() == CombinedCache(prompt_interval=20, span="block", refresh_interval=1, rho=0.0)
+    assert fast_dllm_cache().where.method == CombinedCache(prompt_interval=20, span="block", refresh_interval=1, rho=0.0)
     assert "2505.22618" in fast_dllm_cache.__doc__ and "2506.06295" in fast_dllm_cache.__doc__
-    assert CACHE_PRESETS["fast_dllm_cache"] is fast_dllm_cache
-    assert resolve_cache("fast_dllm_cache", prompt_interval=8, span="suffix") == CombinedCache(8, "suffix")
+    policy = build("fast_dllm_cache", "dllm", prompt_interval=8, span="suffix")
+    assert policy.where.method == CombinedCache(8, "suffix") and policy.name == "fast_dllm_cache"
+    assert policy.describe()["when"] == {"type": "Interval", "interval": 1, "warmup": 0, "cooldown": 0}
 
 
 @pytest.mark.parametrize(

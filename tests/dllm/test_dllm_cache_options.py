@@ -50,7 +50,7 @@ def test_defaults_are_the_papers_method():
     policy = DllmCache()
     assert (policy.reuse_unchanged_qkv, policy.verify_scope, policy.response_refresh) == (0, "answer", "interval")
     assert policy.drift_threshold is None and policy.drift_layer is None
-    assert dllm_cache(50, 7, 0.25, verify_scope="block") == DllmCache(verify_scope="block")
+    assert dllm_cache(50, 7, 0.25, verify_scope="block").where.method == DllmCache(verify_scope="block")
 
 
 def test_changed_first_puts_each_rows_flagged_tokens_first():

@@ -16,6 +16,8 @@ from forecache.dllm.sampler import generate, pad_prompts
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .tiny import run_layers
+
 MASK = 7  # the stand-in's mask id (vocabulary 0..7)
 LMASK = 39  # the tiny LLaDA's mask id (vocabulary 0..39)
 
@@ -31,7 +33,7 @@ class TableModel(nn.Module):
         self.table[torch.arange(len(heights)), torch.tensor(tokens)] = torch.tensor(heights, dtype=torch.float64)
         self.calls: list[torch.Tensor] = []
 
-    def forward(self, input_ids, attention_mask=None, *, runner=None, logits_at=None):
+    def forward(self, input_ids, attention_mask=None, *, logits_at=None):
         self.calls.append(input_ids.clone())
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         logits = self.table[(mask.cumsum(1) - 1).clamp(min=0)]
@@ -186,13 +188,16 @@ def setup_calls(model, prompts, gen_length=12, block_length=4):
 
 
 class Recording:
-    """A CachePolicy wrapper that records every (x, step, block) the sampler passes."""
+    """A dLLM cache method wrapper that records every (x, step, block) the LLaDA site passes."""
 
     def __init__(self, inner: FastDllmCache) -> None:
         self.inner, self.calls = inner, []
 
-    def start(self, model, prompt_length, gen_length, block_length):
-        state = self.inner.start(model, prompt_length, gen_length, block_length)
+    def trigger(self):
+        return self.inner.trigger()
+
+    def start(self, model, prompt_length, gen_length, block_length, *, storage=None):
+        state = self.inner.start(model, prompt_length, gen_length, block_length, storage=storage)
         outer = self
 
         class State:
@@ -200,8 +205,8 @@ class Recording:
                 outer.calls.append((x.clone(), step, block))
                 return state.runner(x, step, block)
 
-            def stats(self):
-                return state.stats()
+            def __getattr__(self, name):  # the rest of the state as it is
+                return getattr(state, name)
 
         return State()
 
@@ -215,7 +220,7 @@ def test_first_call_of_each_block_is_bit_identical_to_the_uncached_model(llada, 
     state = FastDllmCache(dual=dual).start(llada, p, 12, 4)
     first_steps, previous_block = [], None
     for x, step, block in recorder.calls:
-        cached = llada(x, full_mask, runner=state.runner(x, step, block), logits_at=at[block])
+        cached = run_layers(llada, state.runner(x, step, block), x, full_mask, logits_at=at[block])
         if block != previous_block:
             assert torch.equal(cached, llada(x, full_mask, logits_at=at[block]))
             first_steps.append(step)
@@ -243,8 +248,8 @@ def test_a_cached_call_on_unchanged_tokens_reproduces_the_full_logits(llada, dua
     x, full_mask, p, at = setup_calls(llada, PROMPTS)
     x[:, p : p + 3] = torch.tensor([[20, 21, 22], [23, 24, 25], [26, 27, 28]])  # block 0 done, block 1 open
     state = FastDllmCache(dual=dual).start(llada, p, 12, 4)
-    first = llada(x, full_mask, runner=state.runner(x, 0, 1), logits_at=at[1])
-    again = llada(x, full_mask, runner=state.runner(x, 1, 1), logits_at=at[1])
+    first = run_layers(llada, state.runner(x, 0, 1), x, full_mask, logits_at=at[1])
+    again = run_layers(llada, state.runner(x, 1, 1), x, full_mask, logits_at=at[1])
     torch.testing.assert_close(again, first, rtol=1e-5, atol=1e-5)
     assert torch.equal(first, llada(x, full_mask, logits_at=at[1]))
 
@@ -257,8 +262,8 @@ def test_dual_cache_reuses_suffix_keys_and_prefix_cache_recomputes_them(llada):
     for dual in (True, False):
         for name, second in (("same", x), ("changed", changed)):
             state = FastDllmCache(dual=dual).start(llada, p, 12, 4)
-            llada(x, full_mask, runner=state.runner(x, 0, 1), logits_at=at[1])
-            out[dual, name] = llada(second, full_mask, runner=state.runner(second, 1, 1), logits_at=at[1])
+            run_layers(llada, state.runner(x, 0, 1), x, full_mask, logits_at=at[1])
+            out[dual, name] = run_layers(llada, state.runner(second, 1, 1), second, full_mask, logits_at=at[1])
     assert torch.equal(out[True, "same"], out[True, "changed"])  # DualCache reads the stored suffix K/V
     assert not torch.allclose(out[False, "same"], out[False, "changed"])  # the prefix cache recomputes it
 
@@ -270,11 +275,11 @@ def test_corrupting_stored_keys_changes_the_output_exactly_where_they_are_read(l
     results = []
     for corrupt in (False, True):
         state = FastDllmCache(dual=True).start(llada, p, 12, 4)
-        llada(x, full_mask, runner=state.runner(x, 0, 1), logits_at=at[1])
+        run_layers(llada, state.runner(x, 0, 1), x, full_mask, logits_at=at[1])
         if corrupt:
             for k in state.k:
                 k[:, :, where] += 1.0
-        results.append(llada(x, full_mask, runner=state.runner(x, 1, 1), logits_at=at[1]))
+        results.append(run_layers(llada, state.runner(x, 1, 1), x, full_mask, logits_at=at[1]))
     # the block's own keys are recomputed every call and overwrite their slot; prefix and suffix are reused
     assert torch.equal(results[0], results[1]) == (part == "block")
 
@@ -312,7 +317,7 @@ def test_states_are_per_request(llada):
     policy = FastDllmCache()
 
     def run(state, tokens, step):
-        return llada(tokens, full_mask, runner=state.runner(tokens, step, 0), logits_at=at[0])
+        return run_layers(llada, state.runner(tokens, step, 0), tokens, full_mask, logits_at=at[0])
 
     alone = [run(s := policy.start(llada, p, 12, 4), x, 0), run(s, x, 1)]
     a, b = policy.start(llada, p, 12, 4), policy.start(llada, p, 12, 4)
@@ -337,9 +342,11 @@ def test_preset_carries_the_papers_defaults(llada):
     preset = fast_dllm()
     assert preset == FastDllm(threshold=0.9, factor=None, cache="dual", block_length=32)
     kwargs = preset.generate_kwargs()
-    assert kwargs == {"threshold": 0.9, "factor": None, "cache": FastDllmCache(dual=True), "block_length": 32}
-    assert fast_dllm(cache="prefix").policy() == FastDllmCache(dual=False) and fast_dllm(cache=None).policy() is None
-    out, stats = generate(llada, torch.tensor([[3, 4, 5]]), gen_length=64, return_stats=True, **kwargs)
+    assert kwargs.pop("cache").where.method == FastDllmCache(dual=True)
+    assert kwargs == {"threshold": 0.9, "factor": None, "block_length": 32}
+    assert fast_dllm(cache="prefix").policy().where.method == FastDllmCache(dual=False)
+    assert fast_dllm(cache=None).policy() is None
+    out, stats = generate(llada, torch.tensor([[3, 4, 5]]), gen_length=64, return_stats=True, **preset.generate_kwargs())
     assert out.shape == (1, 67) and stats["blocks"] == 2 and stats["cache"]["method"] == "fast_dllm_dual_cache"
 
 

@@ -85,7 +85,7 @@ CONTEXTS = ["find k01 = 3 ; k02 = 4 ; k01 ->", "add 1 2 +", "copy a b c d e f ->
 def test_the_registry_builds_the_model_and_its_cache_from_model_args(folder):
     lm = make_lm(folder, f"cache=dllm_cache,prompt_interval=5,response_interval=3,rho=0.5,batch_size=4,{GEN}")
     assert isinstance(lm, LLaDAEvalLM)
-    assert lm.cache == DllmCache(prompt_interval=5, response_interval=3, rho=0.5)
+    assert lm.cache.where.method == DllmCache(prompt_interval=5, response_interval=3, rho=0.5)
     assert (lm.batch_size, lm.steps, lm.gen_length, lm.block_length) == (4, 8, 8, 4)
     assert make_lm(folder, "cache=none").cache is None and make_lm(folder).cache is None
     assert "hf" in model_registry  # registering ours did not hide lm-eval's built-in models

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from forecache.core.policy import Policy
 from forecache.core.flops import flop_counter
 from forecache.dllm.combined import fast_dllm_cache
 from forecache.dllm.dllm_cache import DllmCache
@@ -14,7 +15,7 @@ from forecache.dllm.prefix_store import PrefixEntry, PrefixStore, with_prefix
 from forecache.dllm.sampler import generate, pad_prompts
 
 from .row_invariant import row_invariant
-from .tiny import MASK, tiny_llada
+from .tiny import MASK, run_layers, tiny_llada
 
 RUN = {"steps": 12, "gen_length": 12, "block_length": 4}
 SHOTS = [5, 9, 2, 17, 30, 11]  # the shared few-shot prefix
@@ -51,12 +52,14 @@ def logged(model, policy, prompts, **kw):
 
 
 def first_call(model, policy, prompts):
-    """Run only the first model call of a request; return the state (``.inner``: its stored features) and logits."""
+    """Run only the first model call of a request (``policy``: a core policy or a method); return the state and the
+    logits."""
     ids, mask = pad_prompts(prompts, pad_id=0)
     x = torch.cat([ids, torch.full((len(prompts), 12), MASK)], dim=1)
     mask = torch.cat([mask, torch.ones(len(prompts), 12, dtype=torch.long)], dim=1)
-    state = policy.start(model, ids.shape[1], 12, 4)
-    logits = model(x, mask, runner=state.runner(x, 0, 0))
+    method = policy.where.method if isinstance(policy, Policy) else policy
+    state = method.start(model, ids.shape[1], 12, 4)
+    logits = run_layers(model, state.runner(x, 0, 0), x, mask)
     return state, logits
 
 
@@ -101,10 +104,10 @@ def test_another_request_reads_the_stored_prefix_and_computes_only_the_rest(mode
     assert entry is not None and entry.tokens == tuple(SHOTS) and entry.k.shape == (LAYERS, 2, 6, 8)
     state, logits = first_call(model, shared, [B])
     _, alone = first_call(model, DllmCache(4, 3, 0.25), [B])
-    for i, features in enumerate(state.inner.store):
+    for i, features in enumerate(state.store):
         assert torch.equal(features.k[0, :, :6], entry.k[i]) and torch.equal(features.ffn[0, :6], entry.ffn[i])
     assert not torch.allclose(logits, alone)  # the prefix's features came from A's sequence: an approximation
-    assert state.inner.computed == LAYERS * (len(B) + 12 - len(SHOTS))
+    assert state.computed == LAYERS * (len(B) + 12 - len(SHOTS))
 
 
 def test_different_prefixes_do_not_collide_and_the_longest_stored_prefix_wins(model):
@@ -118,7 +121,7 @@ def test_different_prefixes_do_not_collide_and_the_longest_stored_prefix_wins(mo
     assert stored_other.tokens == tuple(other[:6]) and not torch.equal(stored_other.k, store.lookup(A).k)
     state, _ = first_call(model, shared, [A])
     assert state.stats()["prefix"]["hits"] == 1
-    assert torch.equal(state.inner.store[2].k[0, :, :6], store.lookup(A).k[2])
+    assert torch.equal(state.store[2].k[0, :, :6], store.lookup(A).k[2])
     # a shorter stored prefix is used when no longer one matches; the longest when several do
     short = PrefixEntry(tuple(SHOTS[:3]), *(torch.zeros(LAYERS, 1) for _ in range(4)))
     store.put(short)
@@ -140,7 +143,7 @@ def test_left_padding_puts_the_prefix_at_each_rows_first_real_token(model):
     assert torch.equal(batch[0][1, 4:], again_a[0][0])
     state, _ = first_call(model, shared, [longer, A])
     entry = store.lookup(A)
-    for i, features in enumerate(state.inner.store):
+    for i, features in enumerate(state.store):
         assert torch.equal(features.k[1, :, 4:10], entry.k[i]) and torch.equal(features.attn[1, 4:10], entry.attn[i])
     assert torch.equal(alone_a[0], again_a[0])
 
@@ -208,9 +211,9 @@ def test_bad_inputs_raise_value_errors_naming_the_fix(model):
     with pytest.raises(ValueError, match="not a PrefixStore"):
         with_prefix(DllmCache(), {}, 4)
     with pytest.raises(ValueError, match="keeps no per-token features"):
-        with_prefix(FastDllmCache(), store, 4).start(model, 8, 12, 4)
+        with_prefix(FastDllmCache(), store, 4).where.method.start(model, 8, 12, 4)
     with pytest.raises(ValueError, match="reuse_unchanged_qkv=0"):
-        with_prefix(DllmCache(reuse_unchanged_qkv=1), store, 4).start(model, 8, 12, 4)
+        with_prefix(DllmCache(reuse_unchanged_qkv=1), store, 4).where.method.start(model, 8, 12, 4)
     with pytest.raises(ValueError, match="prefix is empty"):
         store.put(entry([]))
     with pytest.raises(ValueError, match="max_bytes=100; raise max_bytes or lower prefix_length"):
@@ -221,10 +224,10 @@ def test_bad_inputs_raise_value_errors_naming_the_fix(model):
     # one store per model
     first_call(model, with_prefix(DllmCache(), store, 6), [A])
     with pytest.raises(ValueError, match="one PrefixStore per model"):
-        with_prefix(DllmCache(), store, 6).start(tiny_model(seed=1), 8, 12, 4)
+        with_prefix(DllmCache(), store, 6).where.method.start(tiny_model(seed=1), 8, 12, 4)
     # right padding: real tokens must be last
-    state = with_prefix(DllmCache(), PrefixStore(), 2).start(model, 4, 12, 4)
+    state = with_prefix(DllmCache(), PrefixStore(), 2).where.method.start(model, 4, 12, 4)
     x = torch.cat([torch.tensor([[5, 9, 0, 0]]), torch.full((1, 12), MASK)], dim=1)
     mask = torch.tensor([[1, 1, 0, 0] + [1] * 12])
     with pytest.raises(ValueError, match="left-padded prompts"):
-        model(x, mask, runner=state.runner(x, 0, 0))
+        run_layers(model, state.runner(x, 0, 0), x, mask)

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from forecache.dllm.cache_protocol import CachePolicy, CacheState
+from forecache.core.telemetry import Trace
+from forecache.core.triggers import Interval
+from forecache.dllm import cache_llada, llada_policy
 from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.model import LLaDAModel
 from forecache.dllm.sampler import generate, num_transfer_tokens, pad_prompts
@@ -33,12 +35,12 @@ class TableModel(nn.Module):
         self.layers = [nn.Identity(), nn.Identity()]
         self.calls: list[dict] = []
 
-    def forward(self, input_ids, attention_mask=None, *, runner=None, logits_at=None):
+    def forward(self, input_ids, attention_mask=None, *, logits_at=None):
         self.calls.append({"ids": input_ids.clone(), "mask": attention_mask, "logits_at": logits_at})
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         h = torch.zeros(*input_ids.shape, 1)
-        for i, layer in enumerate(self.layers):
-            h = runner(i, layer, h, None, None, None) if runner is not None else layer(h)
+        for layer in self.layers:
+            h = layer(h)
         logits = self.table[(mask.cumsum(1) - 1).clamp(min=0)] + h
         if logits_at is not None:
             logits = logits.gather(1, logits_at[..., None].expand(-1, -1, logits.shape[-1]))
@@ -50,8 +52,8 @@ class PromptAwareModel(TableModel):
     masked) give token 1 1.0 and token 2 0.0. Guided logits ``un + (s + 1)(cond - un)`` pick token 2 iff
     ``(s + 1) * 0.9 > 1``, i.e. ``s > 1/9``."""
 
-    def forward(self, input_ids, attention_mask=None, *, runner=None, logits_at=None):
-        logits = super().forward(input_ids, attention_mask, runner=runner, logits_at=logits_at)
+    def forward(self, input_ids, attention_mask=None, *, logits_at=None):
+        logits = super().forward(input_ids, attention_mask, logits_at=logits_at)
         cond = (input_ids[:, :1] != MASK).to(logits.dtype)  # first column: a real prompt token in these tests
         logits[..., 1] = 1.0
         logits[..., 2] = 0.9 * cond
@@ -150,20 +152,12 @@ def test_no_token_leaves_its_block_early_and_no_mask_remains(llada, remasking, t
     prompt = torch.tensor([[3, 4, 5, 6]])
     g = torch.Generator().manual_seed(0)
     calls: list[torch.Tensor] = []
-
-    class Recorder:
-        def start(self, model, prompt_length, gen_length, block_length):
-            return self
-
-        def runner(self, x, step, block):
-            calls.append(x.clone())
-            return lambda i, layer, h, cos, sin, key_mask: layer(h, cos, sin, key_mask)
-
-        def stats(self):
-            return {}
-
-    out = generate(llada, prompt, steps=9, gen_length=12, block_length=4, temperature=temperature,
-                   remasking=remasking, generator=g, cache=Recorder())
+    hook = llada.register_forward_pre_hook(lambda module, args: calls.append(args[0].clone()))
+    try:
+        out = generate(llada, prompt, steps=9, gen_length=12, block_length=4, temperature=temperature,
+                       remasking=remasking, generator=g)
+    finally:
+        hook.remove()
     for step, x in enumerate(calls):
         block_end = 4 + (step // 3 + 1) * 4
         assert (x[0, block_end:] == 39).all()  # later blocks untouched while an earlier block is decoded
@@ -263,26 +257,40 @@ def test_cfg_combines_logits_as_uncond_plus_scale_plus_one_times_difference(cfg_
     assert out[0, 2:].tolist() == [token] * 4
 
 
-# --- the cache protocol -------------------------------------------------------------------------------------------
+# --- a cache method on the LLaDA site ------------------------------------------------------------------------------
 
 
 class RecordingPolicy:
-    """A CachePolicy stub: records start() and every runner() call; its runner counts layer calls."""
+    """A dLLM cache method stub: records start() and every runner() call; its runner counts layer calls."""
 
     def __init__(self) -> None:
         self.started: list[tuple] = []
         self.states: list[RecordingState] = []
 
-    def start(self, model, prompt_length, gen_length, block_length):
+    def start(self, model, prompt_length, gen_length, block_length, *, storage=None):
         self.started.append((model, prompt_length, gen_length, block_length))
         self.states.append(RecordingState())
         return self.states[-1]
 
+    def trigger(self):
+        return Interval(1)
+
 
 class RecordingState:
+    """What the LLaDA site reads of a state: runner, trace, FLOP tallies, close, reduce, stats."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[tuple[int, ...], int, int]] = []
         self.layer_calls = 0
+        self.flops = self.flops_full = SimpleNamespace(total=0)  # computes everything: nothing is saved
+        self.reduce = None
+        self.closed = False
+
+    def trace(self):
+        return Trace()
+
+    def close(self):
+        self.closed = True
 
     def runner(self, x, step, block):
         self.calls.append((tuple(x.shape), step, block))
@@ -297,13 +305,6 @@ class RecordingState:
         return {"layer_calls": self.layer_calls}
 
 
-def test_stub_satisfies_the_runtime_checkable_protocols():
-    policy = RecordingPolicy()
-    assert isinstance(policy, CachePolicy)
-    assert isinstance(policy.start(None, 1, 4, 4), CacheState)
-    assert not isinstance(object(), CachePolicy)
-
-
 @pytest.mark.parametrize("cfg_scale", [0.0, 2.0])
 def test_cache_sees_every_model_call_with_global_step_and_block(llada, cfg_scale):
     policy = RecordingPolicy()
@@ -315,10 +316,34 @@ def test_cache_sees_every_model_call_with_global_step_and_block(llada, cfg_scale
     assert policy.started == [(llada, 3, 12, 4)]
     rows = 4 if cfg_scale else 2
     assert policy.states[0].calls == [((rows, 15), s, s // 2) for s in range(6)]
+    assert stats.pop("trace") == Trace()  # the stub decides nothing
     assert stats == {"steps": 6, "blocks": 3, "model_calls": 6, "batch": rows, "cache": {"layer_calls": 12}}
     assert generate(llada, ids, mask, steps=6, gen_length=12, block_length=4, return_stats=True)[1]["cache"] is None
     generate(llada, ids, mask, steps=6, gen_length=12, block_length=4, cache=policy)
     assert len(policy.states) == 2 and len(policy.states[1].calls) == 6  # a fresh state per generation
+    assert all(state.closed for state in policy.states)  # the handle's removal closes the last one
+
+
+def test_a_handle_serves_many_requests_one_generation_each(llada):
+    policy = RecordingPolicy()
+    ids, mask = pad_prompts([[3, 4, 5], [6]], pad_id=0)
+    handle = cache_llada(llada, llada_policy(policy, "recording", ""))
+    for _ in range(2):
+        generate(llada, ids, mask, steps=6, gen_length=12, block_length=4, cache=handle)
+    assert handle.stats().generations == 2 and handle.stats().calls == 12
+    assert [s.calls for s in policy.states] == [[((2, 15), s, s // 2) for s in range(6)]] * 2
+    assert policy.states[0].closed and not policy.states[1].closed  # the next generation closed the first
+    handle.remove()
+    with pytest.raises(ValueError, match="handle on another model"):
+        generate(llada, ids, mask, steps=6, gen_length=12, block_length=4, cache=handle)
+
+
+def test_a_cached_model_called_outside_a_generation_says_how_to_fix_it(llada):
+    handle = cache_llada(llada, llada_policy(RecordingPolicy(), "recording", ""))
+    handle.step(0)
+    with pytest.raises(RuntimeError, match="sequence_layout"):
+        llada(torch.tensor([[3, 4, MASK]]))
+    handle.remove()
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from forecache.dllm.model import LLaDAModel
 from forecache.dllm.prefix_store import PrefixStore, with_prefix
 from forecache.dllm.sampler import generate, pad_prompts
 
-from .tiny import MASK, tiny_llada
+from .tiny import MASK, run_layers, tiny_llada
 
 RUN = {"steps": 12, "gen_length": 12, "block_length": 6}
 
@@ -39,7 +39,8 @@ IDS, ATTN = pad_prompts([[5, 9, 2, 17, 30], [8, 1, 44]], pad_id=0)
 
 
 def steps_of(trace, site, action=None):
-    return [d.step for d in trace if d.site == site and (d.computed if action is None else d.action == action)]
+    # t is the call's index in the generation (step counts the calls of its block)
+    return [int(d.t) for d in trace if d.site == site and (d.computed if action is None else d.action == action)]
 
 
 @pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
@@ -50,7 +51,8 @@ def test_a_dllm_cache_generation_traces_its_refresh_decisions(model, cfg_scale):
     assert cache["prompt_refresh_steps"] == [0, 5, 10] and cache["response_refresh_steps"] == [0, 3, 6, 9]
     assert steps_of(trace, "prompt") == cache["prompt_refresh_steps"]
     assert steps_of(trace, "response") == cache["response_refresh_steps"]
-    assert [(d.step, d.site) for d in trace] == [(s, p) for s in range(12) for p in ("prompt", "response")]
+    # t: the call's index in the generation; step: its index in its block (the segment)
+    assert [(d.t, d.step, d.site) for d in trace] == [(s, s % 6, p) for s in range(12) for p in ("prompt", "response")]
     assert {(d.row, d.branch, d.generation) for d in trace} == {(-1, 0, 0)}  # whole-call decisions
     assert [d.segment for d in trace[::2]] == [s // 6 for s in range(12)]  # the block being decoded
     # the interval's metric: model calls since the part was last refreshed
@@ -65,7 +67,7 @@ def test_drift_decisions_are_traced_with_the_summed_drift(model):
     trace, cache = stats["trace"], stats["cache"]
     assert len(cache["response_refresh_steps"]) > 1  # the tiny model drifts past 0.15
     assert steps_of(trace, "response", "compute") == cache["response_refresh_steps"]
-    response = {d.step: d for d in trace if d.site == "response"}
+    response = {int(d.t): d for d in trace if d.site == "response"}
     assert response[0].note is not None  # the first call must refresh: nothing is stored
     for step, _, accumulated in cache["drift"]:  # each call's summed drift is what the next call's decision read
         if step + 1 in response:
@@ -78,7 +80,7 @@ def test_a_new_batch_size_is_a_warmup_outside_the_interval(model):
     for step in range(6):
         rows = 2 if step < 4 else 1
         x = torch.cat([IDS[:rows], torch.full((rows, 12), MASK)], 1)
-        model(x, runner=state.runner(x, step, 0))
+        run_layers(model, state.runner(x, step, 0), x)
     trace, stats = state.trace(), state.stats()
     assert stats["prompt_refresh_steps"] == [0, 3] and stats["response_refresh_steps"] == [0, 2, 4]
     assert stats["full_steps"] == [0, 4]  # step 4 has one row: the store was dropped, every layer computed
@@ -98,7 +100,9 @@ def test_the_combination_traces_prompt_and_span(model):
 
 def test_fast_dllm_and_prefix_reuse_expose_their_trace(model):
     _, stats = generate(model, IDS, ATTN, cache=FastDllmCache(), return_stats=True, **RUN)
-    assert steps_of(stats["trace"], "kv", "warmup") == stats["cache"]["refresh_steps"] == [0, 6]
+    # the first call has nothing stored (a warm-up); the next block's first call is SegmentStart's compute
+    assert steps_of(stats["trace"], "kv", "warmup") == [0] and steps_of(stats["trace"], "kv", "compute") == [6]
+    assert steps_of(stats["trace"], "kv") == stats["cache"]["refresh_steps"] == [0, 6]
     assert stats["cache"]["peak_cache_bytes"] == stats["cache"]["cache_bytes_peak"] > 0
     _, stats = generate(model, IDS, ATTN, cache=with_prefix(DllmCache(5, 3), PrefixStore(), 2), return_stats=True,
                         **RUN)
@@ -111,14 +115,14 @@ def test_features_are_kept_through_a_core_storage_with_its_budget(model):
     storage = Storage()
     state = DllmCache(5, 3, 0.25).start(model, 5, 12, 6, storage=storage)
     x = torch.cat([IDS, torch.full((2, 12), MASK)], 1)
-    model(x, ATTN.new_ones(2, 17), runner=state.runner(x, 0, 0))
+    run_layers(model, state.runner(x, 0, 0), x, ATTN.new_ones(2, 17))
     stats = state.stats()
     assert stats["peak_cache_bytes"] == stats["cache_bytes_peak"] == storage.peak_bytes == layers * per_layer
     assert storage.bytes == state.nbytes == layers * per_layer
     assert stats["compute_ratio"] == stats["flops_fraction"] == 1.0  # the first call computes everything
     budget = DllmCache(5, 3, 0.25).start(model, 5, 12, 6, storage=Storage(max_bytes=2 * per_layer))
     with pytest.raises(CacheBudgetError, match="max_cache_bytes"):
-        model(x, runner=budget.runner(x, 0, 0))  # the third layer does not fit
+        run_layers(model, budget.runner(x, 0, 0), x)  # the third layer does not fit
     with pytest.raises(ValueError, match="dtype"):
         CombinedCache().start(model, 5, 12, 6, storage=Storage(dtype=torch.bfloat16))
 
@@ -131,15 +135,15 @@ def test_fast_dllm_keeps_its_keys_and_values_through_a_core_storage(model):
     state = FastDllmCache().start(model, 5, 12, 6, storage=storage)
     x = torch.cat([IDS, torch.full((2, 12), MASK)], 1)
     for step, block in ((0, 0), (1, 0), (2, 1)):  # a block start, a cached call, the next block's start
-        model(x, ATTN.new_ones(2, 17), runner=state.runner(x, step, block))
+        run_layers(model, state.runner(x, step, block), x, ATTN.new_ones(2, 17))
     assert storage.bytes == state.nbytes == storage.peak_bytes == layers * per_layer  # the old block's K/V given back
     assert state.stats()["peak_cache_bytes"] == state.stats()["cache_bytes_peak"] == stats["cache"]["peak_cache_bytes"]
     prefix = FastDllmCache(dual=False).start(model, 5, 12, 6, storage=Storage())
-    model(x, runner=prefix.runner(x, 0, 1))
+    run_layers(model, prefix.runner(x, 0, 1), x)
     assert prefix.stats()["peak_cache_bytes"] == layers * per_layer * 11 // 17  # the prefix [0, 5 + 6) only
     budget = FastDllmCache().start(model, 5, 12, 6, storage=Storage(max_bytes=2 * per_layer))
     with pytest.raises(CacheBudgetError, match="max_cache_bytes"):
-        model(x, runner=budget.runner(x, 0, 0))  # the third layer does not fit
+        run_layers(model, budget.runner(x, 0, 0), x)  # the third layer does not fit
     assert budget.k[2] is None and budget.storage.bytes == 2 * per_layer
     with pytest.raises(ValueError, match="storage.dtype=torch.bfloat16 is invalid"):
         FastDllmCache().start(model, 5, 12, 6, storage=Storage(dtype=torch.bfloat16))
@@ -152,7 +156,7 @@ def test_a_new_batch_size_gives_the_dropped_bytes_back(model):
     state = CombinedCache(4).start(model, 5, 12, 6, storage=storage)
     for rows in (2, 1):
         x = torch.cat([IDS[:rows], torch.full((rows, 12), MASK)], 1)
-        model(x, runner=state.runner(x, 0, 0))
+        run_layers(model, state.runner(x, 0, 0), x)
     assert storage.bytes == state.nbytes and storage.peak_bytes == 2 * state.nbytes  # one row now, two at the peak
 
 
@@ -160,7 +164,7 @@ def calls_of(trace):
     """Each model call's decisions, by site."""
     calls: dict[int, dict[str, Decision]] = {}
     for d in trace:
-        calls.setdefault(d.step, {})[d.site] = d
+        calls.setdefault(int(d.t), {})[d.site] = d
     return calls
 
 
@@ -176,7 +180,7 @@ def test_the_stats_lists_are_what_the_trace_says(model, policy):
     trace, cache, calls = stats["trace"], stats["cache"], calls_of(stats["trace"])
     assert cache["steps"] == len(calls) == stats["model_calls"]
     if isinstance(policy, FastDllmCache):
-        assert cache["refresh_steps"] == steps_of(trace, "kv", "warmup")
+        assert cache["refresh_steps"] == steps_of(trace, "kv")
         return
     assert cache["prompt_refresh_steps"] == steps_of(trace, "prompt", "compute")
     if isinstance(policy, DllmCache):
@@ -197,7 +201,7 @@ def test_the_stats_lists_are_what_the_trace_says(model, policy):
 def test_a_trace_edited_out_of_shape_is_refused(model):
     state = CombinedCache(4).start(model, 5, 12, 6)
     x = torch.cat([IDS, torch.full((2, 12), MASK)], 1)
-    model(x, runner=state.runner(x, 0, 0))
+    run_layers(model, state.runner(x, 0, 0), x)
     state.trace().pop()
     with pytest.raises(ValueError, match="expected \\['prompt', 'span'\\]"):
         state.stats()

@@ -10,6 +10,8 @@ from forecache.dllm.dllm_cache import DllmCache, least_similar
 from forecache.dllm.model import LLaDAModel
 from forecache.dllm.v_verify import valid_candidates, verify
 
+from .tiny import run_layers
+
 VOCAB, MASK = 64, 63
 
 
@@ -41,7 +43,7 @@ def test_verify_is_least_similar_over_the_fresh_and_stored_values(model, policy)
     mask[1, :2] = 0  # a padded row: its first two keys are masked
     state = policy.start(model, P, R, 4)
     with torch.no_grad():
-        model(ids, mask, runner=state.runner(ids, 0, 0))
+        run_layers(model, state.runner(ids, 0, 0), ids, mask)
         layer, key_mask = model.blocks[0], mask.bool()[:, None, None, :]
         x = model.wte(ids) + 0.5 * torch.randn(b, P + R, 32)
         lo, hi = 0, P + R  # candidates over the prompt too, so the padding matters
@@ -62,7 +64,7 @@ def test_verify_with_nothing_to_pick_only_measures(model):
     torch.manual_seed(2)
     ids = torch.randint(0, MASK, (1, 12))
     with torch.no_grad():
-        model(ids, runner=state.runner(ids, 0, 0))
+        run_layers(model, state.runner(ids, 0, 0), ids)
         verified = verify(state, 1, model.blocks[1], torch.randn(1, 12, 32), 4, 12, 0, torch.ones(1, 8, dtype=bool))
     assert verified.pick is None and verified.sim.shape == (1, 8) and state.selected == 0 and state.verified == 8
     with pytest.raises(ValueError, match="picked nothing"):

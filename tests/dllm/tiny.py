@@ -1,6 +1,9 @@
-"""The tiny random LLaDAs the dllm tests share."""
+"""The tiny random LLaDAs the dllm tests share, and a way to drive a cache state by hand."""
+
+import functools
 
 import torch
+from forecache.core.wrapping import Wrapping
 from forecache.dllm.config import LLaDAConfig
 from forecache.dllm.model import LLaDAModel
 
@@ -28,3 +31,25 @@ def tiny_llada(
                     p.normal_(std=1.0 if name.startswith("wte") else 0.3)
         model.ff_out.weight[vocab - 1] = 0.0
     return model
+
+
+def run_layers(model: LLaDAModel, runner, *args, **kwargs) -> torch.Tensor:
+    """``model(*args, **kwargs)`` with every layer run by ``runner(i, block, x, cos, sin, key_mask)`` (a dLLM cache
+    state's), wrapped on the blocks as the LLaDA site wraps them: a state driven by hand, without a handle."""
+    wrapping, inside = Wrapping(), []
+
+    def run(i, block, original, x, cos, sin, key_mask):
+        if inside:  # the runner called the layer itself: run it as written
+            return original(x, cos, sin, key_mask)
+        inside.append(i)
+        try:
+            return runner(i, block, x, cos, sin, key_mask)
+        finally:
+            inside.pop()
+
+    for i, block in enumerate(model.blocks):
+        wrapping.wrap(block, functools.partial(run, i, block), "run_layers")
+    try:
+        return model(*args, **kwargs)
+    finally:
+        wrapping.unwrap_all()

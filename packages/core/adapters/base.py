@@ -174,6 +174,13 @@ class Adapter:
         (segments come from ``handle.next_segment()`` or ``handle.step(t, segment=...)``)."""
         return None
 
+    def flops(self, model: nn.Module, args: tuple, kwargs: dict) -> float | None:
+        """Per-row FLOPs of this call run uncached, when the adapter knows them analytically (a
+        language model's matmuls); ``None`` (default): FlopCounterMode counts the first call of each
+        input shape. An analytic count is right even when that first call already reuses state (a
+        prefix filled by an earlier request), and costs no counting pass."""
+        return None
+
     def must_compute(self, model: nn.Module, args: tuple, kwargs: dict) -> bool:
         """True for a call that writes state (a clean pass filling a KV cache, a prefix pass): it
         runs uncached, is never skipped and is no step of the clock. Default: False."""

@@ -139,6 +139,37 @@ def lookup(name: str) -> Callable[..., Any]:
     return preset_info(name).function
 
 
+def build(name: str, domain: str | None = None, **knobs: Any) -> Any:
+    """Preset ``name`` built with ``knobs`` (its arguments by name), for callers that pick a method from a
+    string (an lm-eval ``model_args`` line, a config file). ``domain``: the preset must belong to it. An
+    unknown name or knob is a ValueError naming the known ones."""
+    info = preset_info(name)
+    if domain is not None and info.domain != domain:
+        known = sorted(preset_infos(domain))
+        raise ValueError(f"preset {name!r} is a {info.domain} preset, not a {domain} one; choose one of {known}")
+    parameters = inspect.signature(info.function).parameters
+    named = sorted(n for n, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
+    unknown = sorted(set(knobs) - set(named))
+    if unknown and all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        raise UnknownKnobError(name, unknown, named)
+    try:
+        return info.function(**knobs)
+    except TypeError as error:  # **options handed on to a class that does not take one of them
+        bad = re.findall(r"unexpected keyword argument '(\w+)'", str(error))
+        if not bad:
+            raise
+        raise UnknownKnobError(name, bad, named) from error
+
+
+class UnknownKnobError(ValueError):
+    """:func:`build` got knobs preset ``name`` does not take (``knobs``); ``named``: the ones it names."""
+
+    def __init__(self, name: str, knobs: list[str], named: list[str]) -> None:
+        super().__init__(f"unknown knobs {knobs} for preset {name!r}; its knobs are {named or 'none'} (plus the "
+                         "options it hands on, if any); check the spelling")
+        self.knobs = knobs
+
+
 def domains(*, discover: bool = True) -> list[str]:
     """The domains with registered presets, sorted."""
     return sorted({info.domain for info in preset_infos(discover=discover).values()})

@@ -137,6 +137,11 @@ class Site:
             h.clear()
         self._rows.clear()
 
+    def telemetry(self) -> dict | None:
+        """What this site reports beyond the decisions in the trace (``handle.stats().details``);
+        ``None``: nothing."""
+        return None
+
     def history(self, ctx: CallContext, r: int) -> RowHistory:
         """Row ``r``'s history at this site, under ``key(ctx, r)`` (made on first use)."""
         k = self.key(ctx, r)

@@ -3,7 +3,8 @@
 One file per rule: fixed interval (FORA, DeepCache), accumulated rescaled relative L1 (TeaCache),
 probe-residual change (FBCache, DBCache), residual magnitude ratio (MagCache), transform rate
 (EasyCache), per-layer warm-up thresholds (Foresight), forecast-then-verify (SpeCa), and a change measured while
-reusing, acted on at the next step (dLLM-Cache's drift refresh).
+reusing, acted on at the next step (dLLM-Cache's drift refresh), and a refresh at each segment's first step
+(Fast-dLLM's block-wise KV cache).
 """
 
 from .base import Observation, Trigger, ask
@@ -20,6 +21,7 @@ from .magnitude import (
 from .measured_change import MeasuredChange
 from .probe_residual import DBCACHE_DEFAULTS, FBCACHE_FLUX_THRESHOLD, ProbeResidual
 from .rel_l1 import TEACACHE_FLUX_COEFFICIENTS, RelativeL1
+from .segment_start import SegmentStart
 from .speculative import Speculative
 from .transform_rate import TransformRate
 
@@ -39,6 +41,7 @@ __all__ = [
     "Observation",
     "ProbeResidual",
     "RelativeL1",
+    "SegmentStart",
     "Speculative",
     "TransformRate",
     "Trigger",
