@@ -142,7 +142,8 @@ def test_the_drift_is_averaged_across_ranks_before_it_decides(model, monkeypatch
     monkeypatch.setattr(distributed, "mean", lambda value: value + 1.0)  # the other ranks drifted a lot
     _, ranks = generate(model, IDS, ATTN, cache=policy, return_stats=True, **RUN)
     assert len(alone["cache"]["response_refresh_steps"]) < 4
-    assert ranks["cache"]["response_refresh_steps"] == list(range(12))  # every reduced drift exceeds 0.5
+    # every reduced drift exceeds 0.5: each call that measures one (a call that does not refresh) refreshes the next
+    assert ranks["cache"]["response_refresh_steps"] == list(range(0, 12, 2))
 
 
 def test_llada_layers_need_a_llada_and_a_method():
