@@ -38,7 +38,6 @@ Use::
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -46,6 +45,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from forecache.core.lru_store import LruStore, nbytes
 from forecache.core.policy import Policy
 from forecache.core.storage import Storage
 from forecache.core.triggers import Trigger
@@ -81,7 +81,7 @@ class PrefixEntry:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.attn, self.ffn))
+        return nbytes((self.k, self.v, self.attn, self.ffn))
 
 
 class PrefixStore:
@@ -97,13 +97,9 @@ class PrefixStore:
     """
 
     def __init__(self, max_entries: int = 16, max_bytes: int | None = None) -> None:
-        check_int("PrefixStore", "max_entries", max_entries, 1, "16 by default")
-        if max_bytes is not None:
-            check_int("PrefixStore", "max_bytes", max_bytes, 1, "or None for no budget")
+        self._entries = LruStore("PrefixStore", max_entries, max_bytes)  # keyed by the prefix's token ids
         self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._entries: OrderedDict[tuple[int, ...], PrefixEntry] = OrderedDict()
         self._model: weakref.ref[nn.Module] | None = None
-        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -113,11 +109,15 @@ class PrefixStore:
 
     def keys(self) -> list[tuple[int, ...]]:
         """The stored prefixes, least recently used first."""
-        return list(self._entries)
+        return self._entries.keys()
 
     @property
     def nbytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        return self._entries.bytes
+
+    @property
+    def evictions(self) -> int:
+        return self._entries.evictions
 
     def bind(self, model: nn.Module) -> None:
         """Tie the store to ``model`` on first use; a ValueError for any other model."""
@@ -132,39 +132,27 @@ class PrefixStore:
         """The entry of the longest stored prefix of ``tokens`` (exact match of the first ``n`` ids), marked as
         recently used; None when no stored prefix matches."""
         tokens = tuple(tokens)
-        for n in sorted({len(key) for key in self._entries}, reverse=True):
+        for n in sorted({len(key) for key in self._entries.keys()}, reverse=True):
             if n <= len(tokens) and tokens[:n] in self._entries:
-                self._entries.move_to_end(tokens[:n])
-                return self._entries[tokens[:n]]
+                return self._entries.get(tokens[:n])
         return None
 
     def check_fits(self, nbytes: int, n: int) -> None:
         """A ValueError when an ``n``-token entry of ``nbytes`` bytes exceeds the byte budget on its own."""
-        if self.max_bytes is not None and nbytes > self.max_bytes:
-            raise ValueError(
-                f"PrefixStore: a {n}-token prefix takes {nbytes} bytes, more than max_bytes={self.max_bytes}; raise "
-                "max_bytes or lower prefix_length"
-            )
+        self._entries.check_fits(nbytes, f"a {n}-token prefix", "lower prefix_length")
 
     def put(self, entry: PrefixEntry) -> None:
         """Store ``entry`` (replacing one with the same tokens) as the most recently used; evict the least
         recently used entries beyond ``max_entries`` or the byte budget."""
         if entry.n == 0:
             raise ValueError("PrefixStore.put: the prefix is empty; store at least one token")
-        self.check_fits(entry.nbytes, entry.n)
-        self._entries.pop(entry.tokens, None)
-        self._entries[entry.tokens] = entry
-        while len(self._entries) > self.max_entries or (
-            self.max_bytes is not None and self.nbytes > self.max_bytes
-        ):
-            self._entries.popitem(last=False)
-            self.evictions += 1
+        self._entries.put(entry.tokens, entry, entry.nbytes, f"a {entry.n}-token prefix", "lower prefix_length")
 
     def clear(self) -> None:
         self._entries.clear()
 
     def stats(self) -> dict[str, Any]:
-        return {"entries": len(self._entries), "bytes": self.nbytes, "evictions": self.evictions}
+        return self._entries.stats()
 
 
 class _Plan(NamedTuple):

@@ -23,7 +23,8 @@ factor, block ``b`` owns a variable number of them. The layout of the sequence r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -140,72 +141,37 @@ def generate(
         answer_ones = torch.ones(batch, gen_length, dtype=torch.long, device=device)
         model_mask = torch.cat([attention_mask.long(), answer_ones], dim=1)
         model_mask = torch.cat([model_mask, model_mask]) if guided else model_mask
-    handle, owned = _handle(model, cache)
-    try:
-        with sequence_layout(prompt_length, gen_length, block_length):
-            return _decode(model, x, model_mask, uncond_prompt, handle, prompt_length, gen_length, block_length,
-                           num_blocks, None if parallel else steps // num_blocks, guided, cfg_scale, mask_id,
-                           temperature, remasking, generator, threshold, factor, progress, return_stats)
-    finally:
-        if owned:
-            handle.remove()
-
-
-def _handle(model: nn.Module, cache: Any) -> tuple[CacheHandle | None, bool]:
-    """The handle that caches this generation, and whether the sampler made it (then it removes it)."""
-    if cache is None:
-        return None, False
-    if isinstance(cache, CacheHandle):
-        if cache.model is not model or cache.removed:
-            raise ValueError("cache= is a handle on another model (or removed); apply it to this model "
-                             "(cache_llada(model, policy)) or pass the policy")
-        return cache, False
-    if not isinstance(cache, Policy):
-        if not callable(getattr(cache, "start", None)):
-            raise ValueError(f"cache={cache!r} is not a dLLM cache; pass a preset's policy (dllm_cache(), "
-                             "fast_dllm_cache()), a method (DllmCache(...)), a handle, or None")
-        cache = llada_policy(cache, type(cache).__name__, "")
-    return cache_llada(model, cache), True
-
-
-def _decode(
-    model: nn.Module, x: torch.Tensor, model_mask: torch.Tensor | None, uncond_prompt: torch.Tensor,
-    handle: CacheHandle | None, prompt_length: int, gen_length: int, block_length: int, num_blocks: int,
-    per_block: int | None, guided: bool, cfg_scale: float, mask_id: int, temperature: float, remasking: str,
-    generator: Generator, threshold: float | None, factor: float | None, progress: bool, return_stats: bool,
-) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
-    """The decoding loop of :func:`generate` on validated arguments (``per_block`` None: threshold or factor)."""
-    batch, device, parallel = x.shape[0], x.device, per_block is None
-    steps = 0 if parallel else per_block * num_blocks
-    if handle is not None:
-        handle.reset()  # each request is one generation of the handle
-    step = 0
-    calls_per_block: list[int] = []
-    row_calls = torch.zeros(batch, dtype=torch.long, device=device)
-    with tqdm(total=None if parallel else steps, desc="LLaDA sampling", disable=not progress) as bar:
-        for block in range(num_blocks):
-            cols = slice(prompt_length + block * block_length, prompt_length + (block + 1) * block_length)
-            schedule = None if parallel else num_transfer_tokens(x[:, cols] == mask_id, per_block)
-            at = torch.arange(cols.start, cols.stop, device=device).expand(2 * batch if guided else batch, -1)
-            i = 0
-            # the fixed schedule runs its steps even when they commit nothing (as LLaDA's code does); the
-            # confidence rules stop when no row of the batch has a mask left in the block
-            while (i < per_block) if schedule is not None else bool((x[:, cols] == mask_id).any()):
-                seen = torch.cat([x, torch.cat([uncond_prompt, x[:, prompt_length:]], dim=1)]) if guided else x
-                if handle is not None:
-                    handle.step(step, segment=block)
-                logits = model(seen, model_mask, logits_at=at)
-                if guided:
-                    cond, uncond = logits.chunk(2)
-                    logits = uncond + (cfg_scale + 1) * (cond - uncond)
-                row_calls += (x[:, cols] == mask_id).any(dim=1)
-                k = None if schedule is None else schedule[:, i]
-                x[:, cols] = commit(x[:, cols], logits, mask_id, temperature, remasking, generator, k=k,
-                                    threshold=threshold, factor=factor)
-                i += 1
-                step += 1
-                bar.update()
-            calls_per_block.append(i)
+    per_block = steps // num_blocks
+    with _caching(model, cache, prompt_length, gen_length, block_length) as handle:
+        step = 0
+        calls_per_block: list[int] = []
+        row_calls = torch.zeros(batch, dtype=torch.long, device=device)
+        with tqdm(total=None if parallel else steps, desc="LLaDA sampling", disable=not progress) as bar:
+            for block in range(num_blocks):
+                cols = slice(prompt_length + block * block_length, prompt_length + (block + 1) * block_length)
+                schedule = None if parallel else num_transfer_tokens(x[:, cols] == mask_id, per_block)
+                at = torch.arange(cols.start, cols.stop, device=device).expand(2 * batch if guided else batch, -1)
+                i = 0
+                # the fixed schedule runs its steps even when they commit nothing (as LLaDA's code does); the
+                # confidence rules stop when no row of the batch has a mask left in the block
+                while (i < per_block) if schedule is not None else bool((x[:, cols] == mask_id).any()):
+                    seen = torch.cat([x, torch.cat([uncond_prompt, x[:, prompt_length:]], dim=1)]) if guided else x
+                    if handle is not None:
+                        handle.step(step, segment=block)
+                    logits = model(seen, model_mask, logits_at=at)
+                    if guided:
+                        cond, uncond = logits.chunk(2)
+                        logits = uncond + (cfg_scale + 1) * (cond - uncond)
+                    row_calls += (x[:, cols] == mask_id).any(dim=1)
+                    k = None if schedule is None else schedule[:, i]
+                    x[:, cols] = commit(x[:, cols], logits, mask_id, temperature, remasking, generator, k=k,
+                                        threshold=threshold, factor=factor)
+                    i += 1
+                    step += 1
+                    bar.update()
+                calls_per_block.append(i)
+        telemetry = None if handle is None or not return_stats else (
+            handle.stats().details.get(LLaDASite.NAME), handle.trace())
     if not return_stats:
         return x
     stats: dict[str, Any] = {"steps": step, "blocks": num_blocks, "model_calls": step}
@@ -213,10 +179,38 @@ def _decode(
     if parallel:
         stats |= {"threshold": threshold, "factor": factor, "calls_per_block": calls_per_block,
                   "row_calls": row_calls.tolist(), "tokens_per_call": gen_length / max(step, 1)}
-    stats["cache"] = None if handle is None else handle.stats().details.get(LLaDASite.NAME)
-    if handle is not None:
-        stats["trace"] = handle.trace()  # the cache's refresh decisions, a core Trace (.to_json())
+    stats["cache"] = None if telemetry is None else telemetry[0]
+    if telemetry is not None:
+        stats["trace"] = telemetry[1]  # the cache's refresh decisions, a core Trace (.to_json())
     return x, stats
+
+
+@contextlib.contextmanager
+def _caching(
+    model: nn.Module, cache: Any, prompt_length: int, gen_length: int, block_length: int
+) -> Iterator[CacheHandle | None]:
+    """The handle that caches one generation (None: uncached), a new generation of it, inside the sequence's
+    layout; a handle the sampler made for it is removed after it."""
+    if cache is None:
+        yield None
+        return
+    owned = not isinstance(cache, CacheHandle)
+    if not owned and (cache.model is not model or cache.removed):
+        raise ValueError("cache= is a handle on another model (or removed); apply it to this model "
+                         "(cache_llada(model, policy)) or pass the policy")
+    if owned and not isinstance(cache, Policy):
+        if not callable(getattr(cache, "start", None)):
+            raise ValueError(f"cache={cache!r} is not a dLLM cache; pass a preset's policy (dllm_cache(), "
+                             "fast_dllm_cache()), a method (DllmCache(...)), a handle, or None")
+        cache = llada_policy(cache, type(cache).__name__, "")
+    handle = cache_llada(model, cache) if owned else cache
+    try:
+        with sequence_layout(prompt_length, gen_length, block_length):
+            handle.reset()  # each request is one generation of the handle
+            yield handle
+    finally:
+        if owned:
+            handle.remove()
 
 
 def _validate_parallel(threshold: float | None, factor: float | None) -> bool:

@@ -22,6 +22,7 @@ clock's ``index`` and ``segment``) and routes every layer through it, then hands
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -130,6 +131,11 @@ class LLaDALayers(Selector):
                 f"LLaDALayers.method={self.method!r} is not a dLLM cache method; pass DllmCache(), "
                 "CombinedCache(), FastDllmCache() or with_prefix(...)"
             )
+
+    def describe(self) -> dict:
+        method = self.method
+        knobs = dataclasses.asdict(method) if dataclasses.is_dataclass(method) else {"repr": repr(method)}
+        return {"type": type(self).__name__, "method": type(method).__name__, **knobs}
 
     def build(self, runtime, model, adapter, policy) -> list[Site]:
         blocks = [b.module for b in adapter.blocks(model)]

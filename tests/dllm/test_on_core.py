@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -144,6 +145,13 @@ def test_the_drift_is_averaged_across_ranks_before_it_decides(model, monkeypatch
     assert len(alone["cache"]["response_refresh_steps"]) < 4
     # every reduced drift exceeds 0.5: each call that measures one (a call that does not refresh) refreshes the next
     assert ranks["cache"]["response_refresh_steps"] == list(range(0, 12, 2))
+
+
+def test_a_policy_describes_its_method_as_json():
+    described = dllm_cache(5, 3, 0.25).describe()
+    assert described["where"] == [{"type": "LLaDALayers", "method": "DllmCache", **asdict(DllmCache(5, 3, 0.25))}]
+    assert described["when"] == {"type": "Interval", "interval": 3, "warmup": 0, "cooldown": 0}
+    assert json.loads(json.dumps(described)) == described
 
 
 def test_llada_layers_need_a_llada_and_a_method():
