@@ -31,10 +31,9 @@ class Wrapping:
         original = module.forward
         self._saved[module] = (module.__dict__.get("forward"), "forward" in module.__dict__)
 
-        @functools.wraps(original)
-        def forward(*args, **kwargs):
-            return fn(original, *args, **kwargs)
-
+        # a partial is called without a Python frame of its own (this runs at every block call);
+        # update_wrapper keeps the original's name and signature visible (``__wrapped__``)
+        forward = functools.update_wrapper(functools.partial(fn, original), original)
         module.forward = forward
         setattr(module, OWNER, (self, name))
         return original

@@ -57,6 +57,35 @@ class BlockIO:
             raise TypeError(f"block call has no argument {missing}; BlockIO.state is {self.state}")
         return bound
 
+    def locate(self, signature: inspect.Signature) -> tuple[tuple[str, int], ...] | None:
+        """Where each state argument sits in a call of a forward with ``signature``: its name and
+        its position among the positional arguments (-1: keyword only). ``None`` when the
+        signature does not name them all (calls are then bound, :meth:`bind`)."""
+        params = list(signature.parameters.values())
+        where = []
+        for name in self.state:
+            param = signature.parameters.get(name)
+            if param is None:
+                return None
+            at = params.index(param)
+            positional = param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD) and all(
+                q.kind is not q.VAR_POSITIONAL for q in params[:at])
+            where.append((name, at if positional else -1))
+        return tuple(where)
+
+    def find_state(self, where: tuple[tuple[str, int], ...], args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...] | None:
+        """The state arguments of a call, read at ``where`` (:meth:`locate`) without binding it (a
+        block call is on the hot path); ``None`` when one is not passed (left to its default)."""
+        state = []
+        for name, at in where:
+            if name in kwargs:
+                state.append(kwargs[name])
+            elif 0 <= at < len(args):
+                state.append(args[at])
+            else:
+                return None
+        return tuple(state)
+
     def state_in(self, bound: inspect.BoundArguments) -> tuple[torch.Tensor, ...]:
         return tuple(map(bound.arguments.__getitem__, self.state))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from functools import partial
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,6 +26,9 @@ from .base import CallContext, Plans, RowPlan, Site
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
+# a key's shapes without the batch, read without a Python frame per tensor (the key is made per block call)
+_SHAPE, _TRAILING = attrgetter("shape"), itemgetter(slice(1, None))
+
 
 @dataclass
 class _Pass:
@@ -35,7 +39,7 @@ class _Pass:
     signal: torch.Tensor | None = None
     region_in: tuple[torch.Tensor, ...] = ()
     plans: list[RowPlan] = field(default_factory=list)
-    bound: dict[int, Any] = field(default_factory=dict)
+    calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # each block's (args, kwargs)
     residual: tuple[torch.Tensor, ...] = ()
     region_out: tuple[torch.Tensor, ...] = ()
 
@@ -84,6 +88,7 @@ class SpanSite(Site):
     def install(self) -> None:
         self._orig = [self.runtime.wrap(b.module, partial(self._call, i), self) for i, b in enumerate(self.blocks)]
         self._signatures = [inspect.signature(f) for f in self._orig]
+        self._where = [b.io.locate(s) for b, s in zip(self.blocks, self._signatures)]
 
     def reset(self) -> None:
         super().reset()
@@ -99,8 +104,10 @@ class SpanSite(Site):
             return original(*args, **kwargs)
         block = self.blocks[i]
         io = block.io
-        bound = io.bind(self._orig[i], args, kwargs, self._signatures[i])
-        state = io.state_in(bound)
+        where = self._where[i]
+        state = None if where is None else io.find_state(where, args, kwargs)
+        if state is None:  # a state argument left to its default, or a signature that hides them
+            state = io.state_in(self._bind(i, args, kwargs))
         if i == 0:
             self._pass = _Pass(ctx, span_in=state)
             if self.trigger.signal == "modulated_input":
@@ -112,15 +119,15 @@ class SpanSite(Site):
                 f"block {block.name} of site {self.name} ran without block 0 of its span in the same "
                 "model call; the adapter's block order does not match the model's forward"
             )
-        p.bound[i] = bound
+        p.calls[i] = (args, kwargs)
         if i < self.r0 or i >= self.r1:
-            out = self._run(i, bound, state, None)
+            out = self._run(i, args, kwargs, state, None)
             if i == len(self.blocks) - 1 and self.trigger.verifies:
                 out = self._verify(io.state_out(out), out)
             return out
         if i == self.r0:
             self._plan(p, state)
-        out = self._run(i, bound, state, p.plans)
+        out = self._run(i, args, kwargs, state, p.plans)
         if i == self.r1 - 1:
             out = io.make_output(self._finish_region(p, io.state_out(out)))
         return out
@@ -154,19 +161,22 @@ class SpanSite(Site):
         return tuple(final)
 
     # -- running blocks on some rows ------------------------------------------------------------
-    def _run(self, i: int, bound, state: tuple[torch.Tensor, ...], plans: Plans | None):
+    def _bind(self, i: int, args: tuple, kwargs: dict):
+        return self.blocks[i].io.bind(self._orig[i], args, kwargs, self._signatures[i])
+
+    def _run(self, i: int, args: tuple, kwargs: dict, state: tuple[torch.Tensor, ...], plans: Plans | None):
         io = self.blocks[i].io
         batch = self._pass.ctx.batch
-        key = (self.name, i, tuple([s.shape[1:] for s in state]))
+        key = (self.name, i, tuple(map(_TRAILING, map(_SHAPE, state))))
         runtime = self.runtime
         if plans is None or plans.forecast is None:
-            return runtime.run(key, batch, lambda: self._orig[i](*bound.args, **bound.kwargs))
+            return runtime.run(key, batch, lambda: self._orig[i](*args, **kwargs))
         runtime.skipped(key, batch - plans.computing)
         if plans.computing == 0:
             return io.make_output(state)
         idx = plans.rows(True)
-        args, kwargs = slice_call(bound, idx, batch, io)
-        part = io.state_out(runtime.run(key, len(idx), lambda: self._orig[i](*args, **kwargs)))
+        rows_args, rows_kwargs = slice_call(self._bind(i, args, kwargs), idx, batch, io)
+        part = io.state_out(runtime.run(key, len(idx), lambda: self._orig[i](*rows_args, **rows_kwargs)))
         return io.make_output(tuple([put_rows(s, idx, q) for s, q in zip(state, part)]))
 
     def _rerun(self, idx: torch.Tensor, first: int, last: int, state: tuple[torch.Tensor, ...]):
@@ -176,7 +186,7 @@ class SpanSite(Site):
         named = dict(zip(self.blocks[first].io.state, state))
         for j in range(first, last):
             io = self.blocks[j].io
-            bound = p.bound[j]
+            bound = self._bind(j, *p.calls[j])
             rebound = type(bound)(bound.signature, {**bound.arguments, **{n: named[n] for n in io.state}})
             args, kwargs = slice_call(rebound, idx, p.ctx.batch, io)
             part = io.state_out(self._orig[j](*args, **kwargs))
