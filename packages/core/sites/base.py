@@ -127,6 +127,7 @@ class Site:
         self.key = key or by_row
         self._rows: dict[Hashable, RowHistory] = {}
         self._watches = type(trigger).observe is not Trigger.observe  # False: observe() would do nothing
+        self._measures_rows = type(trigger).measure_rows is not Trigger.measure_rows
 
     # -- lifecycle -------------------------------------------------------------------------------
     def install(self) -> None:
@@ -178,8 +179,7 @@ class Site:
         decides = not ctx.recompute and (self.window is None or self.window[0] <= ctx.noise <= self.window[1])
         need, found, key, branch, mapped = forecaster.min_history, self._rows, self.key, ctx.branch, ctx.rows
         plans = Plans()
-        forecast: list[int] = []  # indices into plans (and rows) of the rows forecast
-        for i, r in enumerate(rows):
+        for r in rows:  # each row's history and observation; every row computes unless decided below
             # by_row inlined: the default key, without a call per row
             k = (branch, r if mapped is None else mapped[r]) if key is by_row else key(ctx, r)
             hist = found.get(k)
@@ -188,27 +188,31 @@ class Site:
             last = hist.last_compute_step
             obs = Observation(step, t, timesteps, None if last is None else position - last,
                               None if signal is None else signal[r : r + 1])
-            if not decides:  # recomputing a bad forecast (not recorded again), or outside the window
-                plans.append(RowPlan(True, obs, None, hist))
-                if not ctx.recompute:
+            plans.append(RowPlan(True, obs, None, hist))
+        if not decides:  # recomputing a bad forecast (not recorded again), or outside the window
+            if not ctx.recompute:
+                for r in rows:
                     record(self, ctx, r, "window")
-                continue
-            state = hist.trigger_state
-            metric = trigger.measure(state, obs)
+            plans.computing = len(plans)
+            return plans
+        forecast: list[int] = []  # indices into plans (and rows) of the rows forecast
+        # a trigger that reduces tensors measures every row in one batched reduction; the others are
+        # asked row by row below (the default measure_rows, inlined: this runs at every site call)
+        metrics = trigger.measure_rows([p.hist.trigger_state for p in plans], [p.obs for p in plans]) \
+            if self._measures_rows and len(plans) > 1 else None
+        for i, plan in enumerate(plans):
+            r, state = rows[i], plan.hist.trigger_state
+            metric = trigger.measure(state, plan.obs) if metrics is None else metrics[i]
             if metric is not None and reduce is not None:
                 metric = reduce(metric)
             if metric is not None and not math.isfinite(metric):  # NaN >= threshold is False: never a skip
-                plans.append(RowPlan(True, obs, None, hist))
                 record(self, ctx, r, "compute", metric, note="non-finite metric")
-                continue
-            if len(hist.times) < need:
-                plans.append(RowPlan(True, obs, None, hist))
+            elif len(plan.hist.times) < need:
                 record(self, ctx, r, "warmup", metric)
-            elif trigger.decide(state, obs, metric):
-                plans.append(RowPlan(True, obs, None, hist))
+            elif trigger.decide(state, plan.obs, metric):
                 record(self, ctx, r, "compute", metric)
             else:
-                plans.append(RowPlan(False, obs, None, hist))
+                plan.compute = False
                 record(self, ctx, r, "cached", metric)
                 forecast.append(i)
         stacked = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from .base import Observation
@@ -23,10 +25,34 @@ def mean_abs(x: torch.Tensor) -> float:
 
 def relative_l1(x: torch.Tensor, ref: torch.Tensor) -> float:
     """``mean|x - ref| / mean|ref|``: the reference tensor in the denominator, as TeaCache and
-    FBCache/DBCache measure change."""
+    FBCache/DBCache measure change (the one-row case of :func:`relative_l1_rows`, so a row
+    measures alike alone and in a batch)."""
+    return relative_l1_rows(x.reshape(1, -1), ref.reshape(1, -1))[0]
+
+
+def relative_l1_rows(x: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """:func:`relative_l1` of each row of ``x`` (rows, n) against the same row of ``ref``, in one
+    reduction and one transfer to the host."""
     ref32 = _f32(ref)
-    num = (_f32(x) - ref32).abs().mean()
-    return float(num / ref32.abs().mean().clamp_min(_TINY))
+    num = (_f32(x) - ref32).abs().mean(1)
+    return (num / ref32.abs().mean(1).clamp_min(_TINY)).tolist()
+
+
+def measure_changes(
+    states: Sequence[dict], obs: Sequence[Observation], ref: str, metric: Callable[[dict, Observation, float], float]
+) -> list[float | None]:
+    """``measure_rows`` of a trigger whose metric is ``metric(state, obs, change)`` of the relative
+    L1 change of each row's signal against ``state[ref]``: the changes of every row that has a
+    reference of its signal's shape in one batched reduction; ``None`` for the others."""
+    ready = [i for i, (s, o) in enumerate(zip(states, obs))
+             if s[ref] is not None and o.signal is not None and o.signal.shape == s[ref].shape]
+    out: list[float | None] = [None] * len(states)
+    if ready:
+        x = torch.stack([obs[i].signal.reshape(-1) for i in ready])
+        changes = relative_l1_rows(x, torch.stack([states[i][ref].reshape(-1) for i in ready]).to(x.device))
+        for i, change in zip(ready, changes):
+            out[i] = metric(states[i], obs[i], change)
+    return out
 
 
 def mean_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

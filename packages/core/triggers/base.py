@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +71,15 @@ class Trigger(abc.ABC):
 
     def measure(self, state: dict, obs: Observation) -> float | None:
         return None
+
+    def measure_rows(self, states: Sequence[dict], obs: Sequence[Observation]) -> list[float | None]:
+        """Step 1 for the rows of one site call, each with its state and observation: their
+        metrics, in order. The default measures row by row; a trigger whose metric reduces a
+        tensor measures every row in one batched reduction (one device sync per site call instead
+        of one per row). The same function of each row's inputs either way: a row's metric does not
+        depend on the rows beside it."""
+        measure = self.measure
+        return [measure(s, o) for s, o in zip(states, obs)]
 
     @abc.abstractmethod
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:

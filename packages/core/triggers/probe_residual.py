@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..validation import check_int, check_real
-from ._common import relative_l1, snapshot
+from ._common import measure_changes, relative_l1, snapshot
 from .base import Observation, Trigger
 
 #: cache-dit's DBCache defaults (``BasicCacheConfig`` in vipshop/cache-dit
@@ -86,6 +86,9 @@ class ProbeResidual(Trigger):
             return None
         return relative_l1(obs.signal, state["ref"])
 
+    def measure_rows(self, states, obs) -> list[float | None]:
+        return measure_changes(states, obs, "ref", _change)
+
     def decide(self, state: dict, obs: Observation, metric: float | None) -> bool:
         if metric is None or obs.step < self.warmup or self.threshold <= 0:
             return True
@@ -108,3 +111,8 @@ class ProbeResidual(Trigger):
             state["ref"] = snapshot(obs.signal)
         else:
             state["cached"] += 1
+
+
+def _change(state: dict, obs: Observation, change: float) -> float:
+    """The metric is the probe residual's relative L1 change itself."""
+    return change

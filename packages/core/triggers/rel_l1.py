@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..validation import check, check_real
-from ._common import relative_l1, snapshot
+from ._common import measure_changes, relative_l1, snapshot
 from .accumulate import Accumulating
 from .base import Observation
 from .retarget import RetargetsThreshold
@@ -283,9 +283,16 @@ class RelativeL1(RetargetsThreshold, Accumulating):
         return {"prev": None, "prev_t": None, "acc": 0.0}
 
     def measure(self, state: dict, obs: Observation) -> float | None:
-        if state["prev"] is None or obs.signal is None:
-            return None
-        change = relative_l1(obs.signal, state["prev"])
+        if state["prev"] is None or obs.signal is None or obs.signal.shape != state["prev"].shape:
+            return None  # no reference of this signal's shape: compute
+        return self._accumulated(state, obs, relative_l1(obs.signal, state["prev"]))
+
+    def measure_rows(self, states, obs) -> list[float | None]:
+        return measure_changes(states, obs, "prev", self._accumulated)
+
+    def _accumulated(self, state: dict, obs: Observation, change: float) -> float:
+        """The running total after this step's relative L1 ``change`` of the modulated input,
+        rescaled by the polynomial."""
         if self._scale is None or state["prev_t"] is None:
             x, f = np.array([change]), np.ones(1)
         else:
