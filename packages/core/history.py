@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 
 import torch
 
@@ -151,7 +152,8 @@ def _stacked(hists: list[RowHistory], c: int, j: int) -> torch.Tensor:
     origin = hists[0].origins[c][j]
     if origin is not None:
         shared, start = origin
-        if all(h.origins[c][j] == (shared, start + k) for k, h in enumerate(hists)):
+        # compared as whole lists: a generator would resume once per history (this runs per point)
+        if [h.origins[c][j] for h in hists] == list(zip(repeat(shared), range(start, start + len(hists)))):
             return shared.tensor[start : start + len(hists)]
     return torch.cat([h.parts[c][j] for h in hists])
 
