@@ -12,7 +12,9 @@ import time
 
 import torch
 
-from forecache.dllm import dllm_cache, fast_dllm, fast_dllm_cache, generate, load_llada, load_tokenizer, pad_prompts
+from forecache.dllm import (
+    cache_llada, dllm_cache, fast_dllm, fast_dllm_cache, generate, load_llada, load_tokenizer, pad_prompts,
+)
 from forecache.dllm.reference.tasks import examples
 
 path = sys.argv[1] if len(sys.argv) > 1 else "models/llada-tasks"
@@ -46,3 +48,12 @@ for name, options in runs.items():
     for i, text in enumerate(texts):
         expected = "" if answers is None else f"   (expected {answers[i]})"
         print(f"  {text.strip()!r}{expected}")
+
+# One handle for many requests (each one generation of it): core's stats and the trace of every decision.
+handle = cache_llada(model, dllm_cache())
+for _ in range(2):
+    generate(model, ids, mask, steps=gen_length, gen_length=gen_length, block_length=block_length, cache=handle)
+print(f"--- dLLM-Cache on one handle, two requests: {handle.stats()}")
+first = handle.trace()[:2]
+print(f"  first decisions: {[(d.site, d.action, d.segment) for d in first]}; handle.trace().to_json() has them all")
+handle.remove()
