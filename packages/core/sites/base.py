@@ -52,6 +52,11 @@ class CallContext:
         return r if self.rows is None else self.rows[r]
 
 
+def _stack(values: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Per-row forecasts (a tuple of parts each, batch 1) as each part stacked over the rows."""
+    return values[0] if len(values) == 1 else tuple([torch.cat(c, dim=0) for c in zip(*values)])
+
+
 def by_row(ctx: CallContext, r: int) -> Hashable:
     """The default history key: each CFG branch and batch row has its own history."""
     return (ctx.branch, ctx.row_of(r))
@@ -169,9 +174,10 @@ class Site:
         call, not here (a check here would synchronise the GPU at every site): a NaN/Inf forecast
         makes the handle compute that row again, with every site computing it.
 
-        ``vet(rows, values)``, when given, sees every forecast of the call at once (row indices and
-        their forecasts) and returns one reason per row, ``None`` to accept: a row with a reason
-        computes instead, recorded as ``guarded`` with the reason (a domain's plausibility check).
+        ``vet(rows, forecasts)``, when given, sees every forecast of the call at once (the row
+        indices, and each forecast part stacked over those rows in order) and returns one reason per
+        row, ``None`` to accept: a row with a reason computes instead, recorded as ``guarded`` with
+        the reason (a domain's plausibility check).
         """
         rows = range(ctx.batch) if rows is None else rows
         position, step, t, timesteps, runtime = ctx.index, ctx.step, ctx.t, ctx.timesteps, self.runtime
@@ -222,7 +228,9 @@ class Site:
         elif forecast:
             stacked = self._forecast(plans, forecast, t, like, position)
         if forecast and vet is not None:
-            reasons = list(vet([rows[i] for i in forecast], [plans[i].value for i in forecast]))
+            if stacked is None:
+                stacked = _stack([plans[i].value for i in forecast])
+            reasons = list(vet([rows[i] for i in forecast], stacked))
             if len(reasons) != len(forecast):
                 raise ValueError(
                     f"site {self.name}: the guard returned {len(reasons)} reasons for {len(forecast)} "
@@ -237,8 +245,7 @@ class Site:
         plans.computing = len(plans) - len(forecast)
         if forecast:
             if stacked is None:
-                values = [plans[i].value for i in forecast]
-                stacked = values[0] if len(values) == 1 else tuple([torch.cat(c, dim=0) for c in zip(*values)])
+                stacked = _stack([plans[i].value for i in forecast])
             plans.forecast = stacked
             runtime.check_finite(self, ctx, [rows[i] for i in forecast], plans.forecast)
         return plans
@@ -259,9 +266,9 @@ class Site:
             parts = forecast_together([plans[i].hist for i in members], forecaster, t, like.dtype, like.device, position)
             if len(members) == 1:
                 plans[members[0]].value = parts
-            else:
-                for j, i in enumerate(members):
-                    plans[i].value = tuple([p[j : j + 1] for p in parts])
+            else:  # each row's view of the stacked parts: one split per part, not one slice per row and part
+                for i, value in zip(members, zip(*[p.split(1) for p in parts])):
+                    plans[i].value = value
         return parts if len(batches) == 1 else None
 
     def observe(

@@ -69,7 +69,7 @@ class OutputSite(Site):
         like = _first_tensor(args, kwargs)
         vet = None
         if self.guard is not None and self._template is not None:
-            vet = lambda rows, values: self._vet(ctx, rows, values, args, kwargs)
+            vet = lambda rows, forecasts: self._vet(ctx, rows, forecasts, args, kwargs)
         plans = self.plan(ctx, like, like if self.trigger.signal == "input" else None, vet=vet)
         if plans.forecast is None:
             out = call(*args, **kwargs)
@@ -89,9 +89,9 @@ class OutputSite(Site):
         self.observe(ctx, plans, like, parts, parts)
         return rebuild(self._template, parts)
 
-    def _vet(self, ctx: CallContext, rows: list[int], values: list, args: tuple, kwargs: dict) -> list:
+    def _vet(self, ctx: CallContext, rows: list[int], forecasts: tuple, args: tuple, kwargs: dict) -> list:
         idx = torch.tensor(rows)
-        output = rebuild(self._template, tuple(torch.cat(c, dim=0) for c in zip(*values)))
+        output = rebuild(self._template, forecasts)
         arguments = call_arguments(self.runtime.model, args, kwargs)
         arguments.pop("self", None)
         reasons = self.guard(output, take_rows(arguments, idx, ctx.batch))
