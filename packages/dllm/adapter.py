@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from forecache.core import Adapter, CacheHandle, Policy, apply
 from forecache.core.adapters.base import call_arguments
+from forecache.core.adapters.diffusers import register
 from torch import nn
 
 from .flops import FlopTally, LayerShapes
+from .model import LLaDAModel
 
 __all__ = ["LLaDAAdapter", "cache_llada"]
 
@@ -37,9 +39,13 @@ class LLaDAAdapter(Adapter):
         return float(tally.total)
 
 
+register(LLaDAModel, LLaDAAdapter())  # so apply(model, dllm_cache()) finds it, as for a diffusers model
+
+
 def cache_llada(model: nn.Module, policy: Policy, count_flops: bool = True) -> CacheHandle:
     """Cache a LLaDA ``model`` under ``policy`` (:func:`~forecache.dllm.dllm_cache.dllm_cache`,
-    :func:`~forecache.dllm.combined.fast_dllm_cache`, ...) with the :class:`LLaDAAdapter`; pass the handle to
+    :func:`~forecache.dllm.combined.fast_dllm_cache`, ...) with the :class:`LLaDAAdapter` (what
+    ``forecache.core.apply(model, policy)`` does too: the adapter is registered for ``LLaDAModel``); pass the handle to
     ``generate(..., cache=handle)`` for every request, or drive it from a sampler of your own
     (``handle.step(step, segment=block)`` before each call, inside ``sequence_layout(...)``)."""
     return apply(model, policy, LLaDAAdapter(), count_flops=count_flops)

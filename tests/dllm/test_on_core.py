@@ -154,6 +154,14 @@ def test_a_policy_describes_its_method_as_json():
     assert json.loads(json.dumps(described)) == described
 
 
+def test_core_apply_finds_the_llada_adapter(model):
+    expected = generate(model, IDS, ATTN, cache=dllm_cache(5, 3, 0.25), **RUN)
+    handle = apply(model, dllm_cache(5, 3, 0.25))
+    assert type(handle.adapter).__name__ == "LLaDAAdapter"
+    assert torch.equal(generate(model, IDS, ATTN, cache=handle, **RUN), expected)
+    handle.remove()
+
+
 def test_llada_layers_need_a_llada_and_a_method():
     with pytest.raises(ValueError, match="apply it to a forecache.dllm LLaDAModel"):
         apply(ToyTransformer(), llada_policy(DllmCache(), "dllm_cache", ""), ToyAdapter())
