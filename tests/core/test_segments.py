@@ -136,3 +136,14 @@ def test_windows_read_the_adapters_noise_level():
     window = [d.step for d in handle.trace() if d.action == "window"]
     assert window == [6, 7, 8, 9]  # the late steps, near the data, compute
     handle.remove()
+
+
+def test_segment_start_computes_at_each_segments_first_step_only():
+    model = Echo()
+    policy = fc.Policy(where=fc.ModelOutput(), when=fc.triggers.SegmentStart())
+    handle = fc.apply(model, policy, fc.Adapter())
+    outs = rollout(model, handle)
+    assert [(d.segment, d.step) for d in handle.trace() if d.computed] == [(0, 0), (1, 0), (2, 0)]
+    for c, chunk in enumerate(outs):  # a history per row is enough: each chunk's first step refreshes it
+        assert all(torch.equal(out, torch.full((1, 4), 100.0 * (c + 1))) for out in chunk)
+    handle.remove()
