@@ -189,7 +189,11 @@ class Adapter:
 
     def timestep(self, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | float | None:
         bound = call_arguments(model, args, kwargs)
-        return next((bound[n] for n in self.timestep_args if bound.get(n) is not None), None)
+        for name in self.timestep_args:  # a loop, not a generator: this runs at every model call
+            value = bound.get(name)
+            if value is not None:
+                return value
+        return None
 
     def noise_level(self, t: float) -> float:
         """The noise level of model time ``t``: 1 at pure noise, 0 at the data. Windows of presets
