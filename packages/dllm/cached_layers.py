@@ -178,7 +178,7 @@ class CachedLayers:
         return sum(s.nbytes for s in self.store if s is not None)
 
     @property
-    def cache_bytes_peak(self) -> int:
+    def peak_cache_bytes(self) -> int:
         """The most bytes the stored features held at once (the storage's peak): core's ``peak_cache_bytes``."""
         return self.storage.peak_bytes
 
@@ -343,9 +343,8 @@ class CachedLayers:
 
         Core's vocabulary: ``compute_ratio`` = ``flops / flops_full``, the matmul FLOPs executed over
         ``flops_full``, the FLOPs the uncached model spends on the model calls this generation made;
-        ``peak_cache_bytes`` = the most bytes the stored features held. The older names stay as aliases for now
-        (the benchmark reads them): ``flops_fraction`` = ``compute_ratio``, ``cache_bytes_peak`` =
-        ``peak_cache_bytes``. ``compute_fraction`` is another measure (token-layers computed / seen), not an alias.
+        ``peak_cache_bytes`` = the most bytes the stored features held. ``compute_fraction`` is another measure
+        (token-layers computed / seen).
 
         What ``compute_ratio`` compares with. The uncached model's cost of one call depends on the shapes only
         (rows, length, the block's head), so ``flops_full`` = model calls x the cost of one uncached call. On
@@ -359,7 +358,6 @@ class CachedLayers:
         uncached baseline run (LLaDA's fixed schedule), so it also counts what parallel decoding saves.
         """
         full = max(self.token_layers, 1)
-        ratio = self.flops.total / max(self.flops_full.total, 1)
         return {
             "layer_calls": self.layer_calls,
             "token_layers": self.token_layers,
@@ -367,10 +365,8 @@ class CachedLayers:
             "compute_fraction": self.computed / full,
             "flops": self.flops.total,
             "flops_full": self.flops_full.total,
-            "flops_fraction": ratio,
-            "cache_bytes_peak": self.cache_bytes_peak,
-            "compute_ratio": ratio,
-            "peak_cache_bytes": self.cache_bytes_peak,
+            "compute_ratio": self.flops.total / max(self.flops_full.total, 1),
+            "peak_cache_bytes": self.peak_cache_bytes,
         }
 
 

@@ -247,11 +247,10 @@ class CombinedCacheState(CachedLayers):
 
     def _stats(self) -> dict[str, Any]:
         """Telemetry: ``compute_fraction`` = token-layers computed (query, key/value, attention, FFN) / what the
-        uncached model computes; ``flops``/``flops_full``/``flops_fraction`` (matmul FLOPs as computed, V-verify's
-        values included, :mod:`forecache.dllm.flops`); the calls that started a block, refreshed the prompt,
-        refreshed the span, or computed everything; V-verify's work; ``peak_cache_bytes`` and ``compute_ratio``
-        (core's names; ``cache_bytes_peak`` and ``flops_fraction`` are their aliases, kept for now). ``steps``
-        and the steps lists are read from the decisions in :meth:`~CachedLayers.trace`."""
+        uncached model computes; ``flops``/``flops_full`` and their ratio ``compute_ratio`` (matmul FLOPs as
+        computed, V-verify's values included, :mod:`forecache.dllm.flops`); the calls that started a block,
+        refreshed the prompt, refreshed the span, or computed everything; V-verify's work; ``peak_cache_bytes``.
+        ``steps`` and the steps lists are read from the decisions in :meth:`~CachedLayers.trace`."""
         layers = self.layer_stats()
         calls = per_call(self.decisions, self.SITES)
         answer = (self.prompt_length, self.prompt_length + self.gen_length)

@@ -177,9 +177,7 @@ class DllmCacheState(CachedLayers):
         recomputed queries over every key, the head at the current block), on the model calls made (what that
         compares with under threshold decoding: :meth:`~CachedLayers.layer_stats`), refresh steps, V-verify work, the
         tokens whose projections were reused, the drift of each call that measured it (``[step, drift,
-        accumulated]``) and ``peak_cache_bytes``. Aliases kept for now (the benchmark reads them):
-        ``flops_fraction`` = ``compute_ratio``, ``cache_bytes_peak`` = ``peak_cache_bytes``. ``steps`` and the
-        refresh steps (``full_steps``, ``prompt_refresh_steps``, ``response_refresh_steps``) are read from the
+        accumulated]``) and ``peak_cache_bytes``. ``steps`` and the refresh steps (``full_steps``, ``prompt_refresh_steps``, ``response_refresh_steps``) are read from the
         decisions in :meth:`~CachedLayers.trace`."""
         self._close_step()
         full = max(self.token_layers, 1)
@@ -199,7 +197,6 @@ class DllmCacheState(CachedLayers):
             "avg_selected_per_row": self.selected / max(self.adaptive_row_layers, 1),
             "flops": layers["flops"],
             "flops_full": layers["flops_full"],
-            "flops_fraction": layers["flops_fraction"],
             "reused_qk_tokens": self.reused_qk,
             "reused_v_tokens": self.reused_v,
             "drift": [list(entry) for entry in self.drift],  # [step, drift, accumulated since the last refresh]
@@ -208,7 +205,6 @@ class DllmCacheState(CachedLayers):
             "full_steps": [p.step for p, r in calls if "cached" not in (p.action, r.action)],
             "prompt_refresh_steps": steps_where(calls, 0, "compute"),
             "response_refresh_steps": steps_where(calls, 1, "compute"),
-            "cache_bytes_peak": self.cache_bytes_peak,
             "compute_ratio": layers["compute_ratio"],
             "peak_cache_bytes": layers["peak_cache_bytes"],
         }

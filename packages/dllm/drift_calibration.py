@@ -42,7 +42,7 @@ from .site import LLaDALayers
 
 log = logging.getLogger("forecache")
 
-METRICS = {"compute_fraction": ("computed", "token_layers"), "flops_fraction": ("flops", "flops_full")}
+METRICS = {"compute_fraction": ("computed", "token_layers"), "compute_ratio": ("flops", "flops_full")}
 Batches = Tensor | tuple[Tensor, Tensor | None] | Sequence[tuple[Tensor, Tensor | None]]
 
 
@@ -109,7 +109,7 @@ def calibrate_drift(
         target_compute_fraction: in (0, 1), ``metric`` of the cached run (e.g. 0.3 = 30% of the work).
         policy: the base policy (default ``DllmCache()``, the paper's K_p and rho); its ``response_refresh`` is
             set to ``"drift"`` and its threshold searched. metric: ``"compute_fraction"`` (token-layers, the
-            default) or ``"flops_fraction"`` (matmul FLOPs). tolerance: a fraction within this of the target
+            default) or ``"compute_ratio"`` (matmul FLOPs). tolerance: a fraction within this of the target
             ends the search (0.02). resolution: relative bracket width at which bisection stops (0.01).
         max_generations: ``generate()`` calls the search may make in all (16). start: the first threshold (0.1).
         generate_kwargs: passed to :func:`forecache.dllm.sampler.generate` (steps, gen_length, block_length,

@@ -229,8 +229,8 @@ class FastDllmCacheState:
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v) if t is not None)
 
     @property
-    def cache_bytes_peak(self) -> int:
-        """The most bytes the stored keys/values held at once (the storage's peak): core's ``peak_cache_bytes``."""
+    def peak_cache_bytes(self) -> int:
+        """The most bytes the stored keys/values held at once (the storage's peak)."""
         return self.storage.peak_bytes
 
     def trace(self) -> Trace:
@@ -244,8 +244,7 @@ class FastDllmCacheState:
         ``compute_ratio`` (core's name) their ratio, defined as dLLM-Cache's (``CachedLayers.layer_stats``: under
         threshold decoding it is the saving per call, not the ratio to the uncached run); ``steps`` (model
         calls) and ``refresh_steps`` (the full calls, the first of each block), read from :meth:`trace`;
-        ``peak_cache_bytes`` (core's name: the storage's peak; ``cache_bytes_peak`` is its alias, kept for
-        now)."""
+        ``peak_cache_bytes`` (the storage's peak)."""
         return {
             "method": "fast_dllm_dual_cache" if self.policy.dual else "fast_dllm_prefix_cache",
             "params": asdict(self.policy),
@@ -255,8 +254,7 @@ class FastDllmCacheState:
             "flops_full": self.flops_full.total,
             "compute_ratio": self.flops.total / max(self.flops_full.total, 1),
             "refresh_steps": [d.step for d in self.decisions if d.action != "cached"],
-            "cache_bytes_peak": self.cache_bytes_peak,
-            "peak_cache_bytes": self.cache_bytes_peak,
+            "peak_cache_bytes": self.peak_cache_bytes,
         }
 
 

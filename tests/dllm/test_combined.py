@@ -51,7 +51,7 @@ def test_never_skip_setting_is_bit_identical(model, cfg_scale, decoding):
     cached = logged(model, fast_dllm_cache(1, "answer"), cfg_scale=cfg_scale, **decoding)
     assert same_run(cached, plain)
     stats = cached[2]["cache"]
-    assert stats["compute_fraction"] == 1.0 and stats["flops_fraction"] == 1.0
+    assert stats["compute_fraction"] == 1.0 and stats["compute_ratio"] == 1.0
     assert stats["full_steps"] == list(range(plain[2]["steps"]))
 
 

@@ -205,4 +205,4 @@ def test_flop_estimate_equals_flop_counter_mode(model, policy, cfg_scale):
     s = stats["cache"]
     assert s["flops"] == cached.get_total_flops()
     assert s["flops_full"] == plain.get_total_flops()
-    assert s["flops_fraction"] == cached.get_total_flops() / plain.get_total_flops()
+    assert s["compute_ratio"] == cached.get_total_flops() / plain.get_total_flops()

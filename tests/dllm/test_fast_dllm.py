@@ -300,14 +300,14 @@ def test_compute_fraction_and_flops_follow_the_cached_spans(llada):
     assert flops["dual"] < flops["prefix"] < flops["none"]
 
 
-def test_cache_bytes_peak_counts_the_stored_keys_and_values(llada):
+def test_peak_cache_bytes_counts_the_stored_keys_and_values(llada):
     prompt = torch.tensor([[3, 4, 5, 6]])
     _, dual = generate(llada, prompt, steps=6, gen_length=12, block_length=4, cache=FastDllmCache(), return_stats=True)
     _, prefix = generate(llada, prompt, steps=6, gen_length=12, block_length=4, cache=FastDllmCache(dual=False),
                          return_stats=True)
     per_token = 2 * 2 * 2 * 8 * 4  # layers x (K, V) x kv heads x head_dim x float32 bytes
-    assert dual["cache"]["cache_bytes_peak"] == 16 * per_token
-    assert prefix["cache"]["cache_bytes_peak"] == 12 * per_token  # the prefix before the last block
+    assert dual["cache"]["peak_cache_bytes"] == 16 * per_token
+    assert prefix["cache"]["peak_cache_bytes"] == 12 * per_token  # the prefix before the last block
 
 
 def test_states_are_per_request(llada):

@@ -103,7 +103,7 @@ def test_fast_dllm_and_prefix_reuse_expose_their_trace(model):
     # the first call has nothing stored (a warm-up); the next block's first call is SegmentStart's compute
     assert steps_of(stats["trace"], "kv", "warmup") == [0] and steps_of(stats["trace"], "kv", "compute") == [6]
     assert steps_of(stats["trace"], "kv") == stats["cache"]["refresh_steps"] == [0, 6]
-    assert stats["cache"]["peak_cache_bytes"] == stats["cache"]["cache_bytes_peak"] > 0
+    assert stats["cache"]["peak_cache_bytes"] > 0 and "cache_bytes_peak" not in stats["cache"]  # one spelling
     _, stats = generate(model, IDS, ATTN, cache=with_prefix(DllmCache(5, 3), PrefixStore(), 2), return_stats=True,
                         **RUN)
     assert steps_of(stats["trace"], "response") == stats["cache"]["response_refresh_steps"]
@@ -117,9 +117,9 @@ def test_features_are_kept_through_a_core_storage_with_its_budget(model):
     x = torch.cat([IDS, torch.full((2, 12), MASK)], 1)
     run_layers(model, state.runner(x, 0, 0), x, ATTN.new_ones(2, 17))
     stats = state.stats()
-    assert stats["peak_cache_bytes"] == stats["cache_bytes_peak"] == storage.peak_bytes == layers * per_layer
+    assert stats["peak_cache_bytes"] == storage.peak_bytes == layers * per_layer
     assert storage.bytes == state.nbytes == layers * per_layer
-    assert stats["compute_ratio"] == stats["flops_fraction"] == 1.0  # the first call computes everything
+    assert stats["compute_ratio"] == 1.0 and "flops_fraction" not in stats  # the first call computes everything
     budget = DllmCache(5, 3, 0.25).start(model, 5, 12, 6, storage=Storage(max_bytes=2 * per_layer))
     with pytest.raises(CacheBudgetError, match="max_cache_bytes"):
         run_layers(model, budget.runner(x, 0, 0), x)  # the third layer does not fit
@@ -137,7 +137,7 @@ def test_fast_dllm_keeps_its_keys_and_values_through_a_core_storage(model):
     for step, block in ((0, 0), (1, 0), (2, 1)):  # a block start, a cached call, the next block's start
         run_layers(model, state.runner(x, step, block), x, ATTN.new_ones(2, 17))
     assert storage.bytes == state.nbytes == storage.peak_bytes == layers * per_layer  # the old block's K/V given back
-    assert state.stats()["peak_cache_bytes"] == state.stats()["cache_bytes_peak"] == stats["cache"]["peak_cache_bytes"]
+    assert state.stats()["peak_cache_bytes"] == stats["cache"]["peak_cache_bytes"]
     prefix = FastDllmCache(dual=False).start(model, 5, 12, 6, storage=Storage())
     run_layers(model, prefix.runner(x, 0, 1), x)
     assert prefix.stats()["peak_cache_bytes"] == layers * per_layer * 11 // 17  # the prefix [0, 5 + 6) only
