@@ -15,8 +15,8 @@ clock's ``index`` and ``segment``) and routes every layer through it, then hands
 - the decisions, into the handle's trace (one per part and call, ``row = -1``: the whole call; ``step`` the
   call's index in its block, ``t`` its index in the generation, ``segment`` the block);
 - the FLOPs, counted from the shapes (:mod:`forecache.dllm.flops`): what the call did not compute is skipped;
-- the logits, to the NaN guard, when the call reused anything: a non-finite row makes the handle run the call
-  again uncached (every row: one call's stored features serve all its rows, as a CFG pair does);
+- the logits, to the NaN guard, when the call reused anything: a row with non-finite logits runs again
+  uncached, on its own (rows keep features of their own, so the others keep their cached result);
 - the drift a dLLM-Cache measures, averaged across ranks under torch.distributed before it decides.
 """
 
@@ -50,7 +50,7 @@ class LLaDASite(Site):
     """A dLLM cache method over every layer of one LLaDA model (see the module docstring)."""
 
     root = True
-    pairs_rows = True
+    pairs_rows = False  # a recomputed row runs uncached on its own (its stored features are untouched)
     NAME = "llada"
 
     def __init__(self, runtime, method: Any, blocks: list[LLaDABlock], trigger) -> None:

@@ -97,11 +97,11 @@ def test_the_policys_byte_budget_bounds_the_stored_features(model):
 
 
 class PoisonFfn:
-    """Wraps a method: after every call, the stored FFN outputs of layer 1 become NaN, so a call that reuses them
-    returns NaN logits."""
+    """Wraps a method: before every call, the stored FFN outputs of layer 1 become NaN in ``rows`` (all: None),
+    so a call that reuses them returns NaN logits there."""
 
-    def __init__(self, inner) -> None:
-        self.inner = inner
+    def __init__(self, inner, rows=None) -> None:
+        self.inner, self.rows = inner, rows
 
     def trigger(self):
         return self.inner.trigger()
@@ -109,11 +109,13 @@ class PoisonFfn:
     def start(self, model, prompt_length, gen_length, block_length, *, storage=None):
         state = self.inner.start(model, prompt_length, gen_length, block_length, storage=storage)
 
+        rows = self.rows
+
         class State:
             def runner(self, x, step, block):
                 for f in state.store[1:2]:
                     if f is not None:
-                        f.ffn.fill_(float("nan"))
+                        (f.ffn if rows is None else f.ffn[rows]).fill_(float("nan"))
                 return state.runner(x, step, block)
 
             def __getattr__(self, name):
@@ -131,6 +133,21 @@ def test_a_non_finite_reuse_recomputes_the_call_uncached(model):
     assert stats.nonfinite_recomputes == 11 * 2 and stats.compute_ratio > 1.0  # both rows; the recomputes cost extra
     bad = [(int(d.t), d.row) for d in handle.trace() if d.action == "nonfinite"]
     assert bad == [(s, r) for s in range(1, 12) for r in range(2)]
+    handle.remove()
+
+
+def test_only_the_row_with_a_non_finite_reuse_runs_again(model):
+    plain = generate(model, IDS, ATTN, **RUN)
+    clean = generate(model, IDS, ATTN, cache=DllmCache(100, 100, 0.0), **RUN)
+    handle = cache_llada(model, llada_policy(PoisonFfn(DllmCache(100, 100, 0.0), rows=1), "poisoned", ""))
+    tokens = generate(model, IDS, ATTN, cache=handle, **RUN)
+    assert torch.equal(tokens[1], plain[1])  # row 1 ran uncached at every call after the first
+    assert torch.equal(tokens[0], clean[0])  # row 0 kept its cached result
+    stats = handle.stats()
+    assert [(int(d.t), d.row) for d in handle.trace() if d.action == "nonfinite"] == [(s, 1) for s in range(1, 12)]
+    # the extra FLOPs are one row's uncached calls, not the batch's
+    per_row_call = stats.flops_full / (2 * 12)
+    assert stats.flops_extra == pytest.approx(11 * per_row_call, rel=1e-9)
     handle.remove()
 
 
