@@ -9,19 +9,12 @@ its budget instead (a generation's cache is all needed); this store makes room.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from typing import Any
-
-import torch
 
 from .validation import check_int
 
-__all__ = ["LruStore", "nbytes"]
-
-
-def nbytes(tensors: Iterable[torch.Tensor]) -> int:
-    """The bytes of ``tensors``' elements."""
-    return sum(t.numel() * t.element_size() for t in tensors)
+__all__ = ["LruStore"]
 
 
 class LruStore:

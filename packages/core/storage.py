@@ -5,6 +5,15 @@ from __future__ import annotations
 import torch
 
 
+def nbytes(tensors) -> int:
+    """The bytes of the elements of ``tensors`` (``None`` entries count nothing)."""
+    n = 0
+    for t in tensors:  # a loop, not a generator: storage counts on the hot path
+        if t is not None:
+            n += t.numel() * t.element_size()
+    return n
+
+
 class CacheBudgetError(RuntimeError):
     """The cache needs more bytes than ``max_cache_bytes`` allows."""
 
@@ -52,10 +61,7 @@ class Storage:
         return self._count([x.detach() if dtype in (None, x.dtype) else x.detach().to(dtype) for x in values])
 
     def _count(self, kept: list[torch.Tensor]) -> list[torch.Tensor]:
-        n = 0
-        for y in kept:
-            n += y.numel() * y.element_size()
-        self._grow(n)
+        self._grow(nbytes(kept))
         return kept
 
     def keep_shared(self, values, users: int) -> list[Shared]:

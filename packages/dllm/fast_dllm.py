@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from forecache.core.presets.registry import preset
-from forecache.core.storage import Storage
+from forecache.core.storage import Storage, nbytes
 from forecache.core.policy import Policy
 from forecache.core.telemetry import Trace
 from forecache.core.triggers import SegmentStart, Trigger
@@ -226,7 +226,7 @@ class FastDllmCacheState:
     @property
     def nbytes(self) -> int:
         """Bytes held by the stored keys and values now."""
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v) if t is not None)
+        return nbytes((*self.k, *self.v))
 
     @property
     def peak_cache_bytes(self) -> int:

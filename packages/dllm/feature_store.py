@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from forecache.core.storage import nbytes
+
 # The token addressing lives in core (forecache.core.tokens), shared with every token-level cache; the names stay
 # importable from here. dLLM's ``put_tokens`` has always written in place (into the stores), so it is core's
 # ``put_tokens_``; core's own ``put_tokens`` returns a copy.
@@ -66,5 +68,4 @@ class LayerFeatures:
 
     @property
     def nbytes(self) -> int:
-        kept = (self.k, self.v, self.attn, self.ffn, self.q, self.x_in)
-        return sum(t.numel() * t.element_size() for t in kept if t is not None)
+        return nbytes((self.k, self.v, self.attn, self.ffn, self.q, self.x_in))

@@ -45,9 +45,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from forecache.core.lru_store import LruStore, nbytes
+from forecache.core.lru_store import LruStore
 from forecache.core.policy import Policy
-from forecache.core.storage import Storage
+from forecache.core.storage import Storage, nbytes
 from forecache.core.triggers import Trigger
 from forecache.core.validation import check_int
 
@@ -98,7 +98,6 @@ class PrefixStore:
 
     def __init__(self, max_entries: int = 16, max_bytes: int | None = None) -> None:
         self._entries = LruStore("PrefixStore", max_entries, max_bytes)  # keyed by the prefix's token ids
-        self.max_entries, self.max_bytes = max_entries, max_bytes
         self._model: weakref.ref[nn.Module] | None = None
 
     def __len__(self) -> int:
@@ -118,6 +117,14 @@ class PrefixStore:
     @property
     def evictions(self) -> int:
         return self._entries.evictions
+
+    @property
+    def max_entries(self) -> int:
+        return self._entries.max_entries
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._entries.max_bytes
 
     def bind(self, model: nn.Module) -> None:
         """Tie the store to ``model`` on first use; a ValueError for any other model."""

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from forecache.core.lru_store import LruStore, nbytes
+from forecache.core.lru_store import LruStore
+from forecache.core.storage import nbytes
 
 
 def test_the_least_recently_used_entry_goes_first_by_count_and_by_bytes():
@@ -28,4 +29,4 @@ def test_a_value_larger_than_the_budget_and_bad_limits_are_errors():
         LruStore("test", max_entries=0)
     with pytest.raises(ValueError, match="max_bytes"):
         LruStore("test", max_entries=1, max_bytes=0)
-    assert nbytes([torch.zeros(3, dtype=torch.float16), torch.zeros(2)]) == 3 * 2 + 2 * 4
+    assert nbytes([torch.zeros(3, dtype=torch.float16), None, torch.zeros(2)]) == 3 * 2 + 2 * 4

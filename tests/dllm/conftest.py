@@ -12,3 +12,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def no_grad():
+    """Gradients off for a module that drives caches by hand (``pytestmark = pytest.mark.usefixtures("no_grad")``):
+    their stored features are written in place."""
+    with torch.no_grad():
+        yield

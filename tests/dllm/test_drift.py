@@ -18,13 +18,7 @@ from .tiny import MASK, tiny_llada
 RUN = {"steps": 12, "gen_length": 12, "block_length": 6}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the machine is shared
-    with torch.no_grad():
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_grad")  # threads: conftest's one_thread
 
 
 def tiny_model(n_layers: int = 3, seed: int = 0) -> LLaDAModel:

@@ -30,13 +30,7 @@ RUN = {"steps": 12, "gen_length": 12, "block_length": 6}
 IDS, ATTN = pad_prompts([[5, 9, 2, 17, 30], [8, 1, 44]], pad_id=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.no_grad():
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_grad")  # threads: conftest's one_thread
 
 
 @pytest.fixture(scope="module")

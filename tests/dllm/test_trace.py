@@ -21,13 +21,7 @@ from .tiny import MASK, run_layers, tiny_llada
 RUN = {"steps": 12, "gen_length": 12, "block_length": 6}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with torch.no_grad():
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_grad")  # threads: conftest's one_thread
 
 
 @pytest.fixture(scope="module")
